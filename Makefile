@@ -1,0 +1,68 @@
+# matcraft.deploy developer commands. `make help` lists them.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+COLLECTION_LINK := .cache/collections/ansible_collections/matcraft/deploy
+# Every Molecule scenario `make test` runs, in order (fast ones first).
+SCENARIOS ?= preflight common pki
+SCENARIO ?=
+export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.cache/collections
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help
+help: ## Show this help
+	@grep -hE '^[a-z][a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+$(BIN)/ansible-playbook: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(COLLECTION_LINK):
+	mkdir -p $(dir $@)
+	ln -sfn ../../../.. $@
+
+.PHONY: venv
+venv: $(BIN)/ansible-playbook $(COLLECTION_LINK) ## Create .venv with the pinned controller requirements
+
+.PHONY: testbed
+testbed: ## Start a Docker engine and build the systemd test images (idempotent)
+	tests/testbed/testbed.sh all
+
+.PHONY: setup
+setup: venv testbed ## Everything the tests need: venv + testbed
+
+.PHONY: lint
+lint: venv ## ansible-lint (production profile) and yamllint
+	yamllint --strict .
+	ansible-lint --profile production
+
+.PHONY: unit
+unit: venv ## Unit tests (filters, contract app, sidecar, specs)
+	pytest tests/unit
+
+.PHONY: molecule
+molecule: setup ## Run one scenario: make molecule SCENARIO=name
+	@test -n "$(SCENARIO)" || { echo "usage: make molecule SCENARIO=<name> (one of: $(SCENARIOS))"; exit 2; }
+	molecule test -s $(SCENARIO)
+
+.PHONY: scenarios
+scenarios: setup ## Run every Molecule scenario
+	@for s in $(SCENARIOS); do echo "=== molecule scenario $$s ==="; molecule test -s $$s || exit 1; done
+
+.PHONY: build
+build: venv ## Build the Galaxy tarball
+	ansible-galaxy collection build --force --output-path build/
+
+.PHONY: test
+test: lint unit build scenarios ## Everything: lint, unit tests, build check, every scenario
+
+.PHONY: clean
+clean: ## Remove caches and build output (keeps .venv and test images)
+	rm -rf build .cache .pytest_cache
+	docker ps -aq --filter label=matcraft.testbed=true | xargs -r docker rm -f

@@ -1,0 +1,44 @@
+"""Helpers for the testinfra tests of every Molecule scenario (import helpers)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def journal(host, unit, lines=60):
+    """Return the last lines of a unit's journal (for failure messages)."""
+    return host.run("journalctl -u %s -n %d --no-pager", unit, lines).stdout
+
+
+def assert_unit_running(host, unit):
+    """Assert a systemd unit is enabled and running; print its journal if not."""
+    service = host.service(unit)
+    if not service.is_running:
+        status = host.run("systemctl status --no-pager %s", unit).stdout
+        pytest.fail("%s is not running on %s\n%s\n--- journal ---\n%s" % (
+            unit, host.backend.get_hostname(), status, journal(host, unit)))
+    assert service.is_enabled, "%s is running but not enabled at boot on %s" % (
+        unit, host.backend.get_hostname())
+
+
+def probe_tcp(host, address, port, timeout=3):
+    """True when ``host`` opens a TCP connection to address:port within timeout."""
+    cmd = host.run(
+        "timeout %s bash -c 'exec 3<>/dev/tcp/%s/%s'", str(timeout), address, str(port))
+    return cmd.rc == 0
+
+
+def address_of(host):
+    """The host's address on the scenario network."""
+    return host.run("hostname -I").stdout.split()[0]
+
+
+
+def peer(name):
+    """A testinfra host for another host of the scenario, by inventory name."""
+    import os
+
+    import testinfra
+
+    return testinfra.get_host(
+        "ansible://%s?ansible_inventory=%s" % (name, os.environ["MOLECULE_INVENTORY_FILE"]))

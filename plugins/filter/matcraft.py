@@ -1,0 +1,177 @@
+# -*- coding: utf-8 -*-
+# Copyright: matcraft.deploy contributors
+# Apache License 2.0 (see LICENSE)
+"""Filters shared by the matcraft.deploy roles.
+
+host_addresses   inventory groups -> private addresses of their hosts
+fqdn_problem     why a string is not a valid DNS name (empty string when valid)
+origin_problem   why a string is not an explicit https origin ('' when valid)
+secret_problem   why a secret is too weak or a placeholder ('' when strong)
+duplicate_secrets  names of secrets that share a value with another one
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_PLACEHOLDER_WORDS = (
+    "changeme", "change_me", "change-me", "password", "passw0rd", "secret",
+    "example", "placeholder", "replace", "todo", "fixme", "xxxx", "dummy",
+    "insecure", "default", "letmein", "qwerty", "123456", "abcdef", "vault_",
+)
+
+
+try:
+    from ansible.errors import AnsibleFilterError
+except ImportError:  # pragma: no cover - only when used without ansible-core
+    class AnsibleFilterError(ValueError):
+        """Raised for misuse of a filter."""
+
+
+def host_addresses(groups_list, hostvars, groups, exclude=None):
+    """Return the sorted private addresses of every host in the given groups.
+
+    An address is the host's ``matcraft_private_address`` when set, else its
+    ``ansible_default_ipv4.address`` fact. A host with neither is an error that
+    names the host and the fix.
+    """
+    if isinstance(groups_list, str):
+        groups_list = [groups_list]
+    exclude = set(exclude or [])
+    addresses = set()
+    for group in groups_list or []:
+        for host in groups.get(group, []):
+            if host in exclude:
+                continue
+            hv = hostvars[host] if host in hostvars else {}
+            address = hv.get("matcraft_private_address")
+            if not address:
+                address = (hv.get("ansible_default_ipv4") or {}).get("address")
+            if not address:
+                raise AnsibleFilterError(
+                    "host_addresses: no address known for host %r (group %r): set "
+                    "matcraft_private_address for it in the inventory, or gather its "
+                    "facts in the same run (run the play on all hosts)" % (host, group))
+            addresses.add(str(address))
+    return sorted(addresses, key=_address_sort_key)
+
+
+def _address_sort_key(address):
+    parts = address.split(".")
+    if len(parts) == 4 and all(p.isdigit() for p in parts):
+        return (0, tuple(int(p) for p in parts), address)
+    return (1, (), address)
+
+
+def fqdn_problem(name):
+    """Explain why ``name`` is not a fully qualified DNS name; '' when valid."""
+    if not isinstance(name, str) or not name:
+        return "is empty"
+    value = name.rstrip(".").lower()
+    if len(value) > 253:
+        return "is longer than 253 characters"
+    labels = value.split(".")
+    if len(labels) < 2:
+        return "has no dot: give the full name, such as matcraft.example.org"
+    for label in labels:
+        if not _LABEL.match(label):
+            return "has an invalid label %r (letters, digits and inner hyphens only)" % label
+    if labels[-1].isdigit():
+        return "looks like an IP address: give a DNS name"
+    return ""
+
+
+def origin_problem(origin):
+    """Explain why ``origin`` is not an explicit https origin; '' when valid."""
+    if not isinstance(origin, str) or not origin:
+        return "is empty"
+    if "*" in origin:
+        return "is a wildcard: list the dashboard's exact origin"
+    match = re.match(r"^https://([^/:]+)(:\d{1,5})?$", origin)
+    if not match:
+        if origin.startswith("http://"):
+            return "uses http: production origins must be https"
+        return "is not an origin of the form https://host[:port] (no path, no trailing slash)"
+    problem = fqdn_problem(match.group(1))
+    if problem:
+        return "has a host that " + problem
+    return ""
+
+
+def _entropy_bits(value):
+    classes = 0
+    if re.search(r"[a-z]", value):
+        classes += 26
+    if re.search(r"[A-Z]", value):
+        classes += 26
+    if re.search(r"[0-9]", value):
+        classes += 10
+    if re.search(r"[^a-zA-Z0-9]", value):
+        classes += 32
+    if re.fullmatch(r"[0-9a-f]+", value) or re.fullmatch(r"[0-9A-F]+", value):
+        classes = 16
+    return len(value) * math.log2(max(classes, 2))
+
+
+def secret_problem(value, min_bytes=32, hex_only=False):
+    """Explain why ``value`` is not a strong random secret; '' when it is.
+
+    A strong secret carries at least ``min_bytes`` bytes of randomness: as hex,
+    2*min_bytes characters; otherwise enough characters for the same entropy
+    (at least min_bytes characters). Placeholders, repeated patterns and
+    well-known defaults are refused.
+    """
+    if value is None or value == "":
+        return "is not set"
+    if not isinstance(value, str):
+        value = str(value)
+    lowered = value.lower()
+    for word in _PLACEHOLDER_WORDS:
+        if word in lowered:
+            return "looks like a placeholder or default (contains %r)" % word
+    if hex_only:
+        if not re.fullmatch(r"[0-9a-fA-F]+", value):
+            return "is not a hex string"
+        if len(value) < 2 * min_bytes:
+            return "has %d hex characters; at least %d (%d bytes) are needed" % (
+                len(value), 2 * min_bytes, min_bytes)
+    else:
+        if len(value) < min_bytes:
+            return "has %d characters; at least %d are needed" % (len(value), min_bytes)
+        if _entropy_bits(value) < 8 * min_bytes * 0.9:
+            return "is too predictable for %d random bytes (use a longer random value)" % min_bytes
+    if len(set(value)) < min(12, len(value) // 3):
+        return "repeats too few distinct characters to be random"
+    if re.search(r"(.{2,8})\1{3,}", value):
+        return "contains a repeated pattern"
+    return ""
+
+
+def duplicate_secrets(named_values):
+    """Return the sorted names whose (non-empty) value is shared with another name."""
+    seen = {}
+    for name, value in (named_values or {}).items():
+        if value in (None, ""):
+            continue
+        seen.setdefault(str(value), []).append(name)
+    dupes = set()
+    for names in seen.values():
+        if len(names) > 1:
+            dupes.update(names)
+    return sorted(dupes)
+
+
+class FilterModule(object):
+    """matcraft.deploy filters."""
+
+    def filters(self):
+        return {
+            "host_addresses": host_addresses,
+            "fqdn_problem": fqdn_problem,
+            "origin_problem": origin_problem,
+            "secret_problem": secret_problem,
+            "duplicate_secrets": duplicate_secrets,
+        }
