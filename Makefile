@@ -18,7 +18,7 @@ help: ## Show this help
 	@grep -hE '^[a-z][a-z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 $(BIN)/ansible-playbook: requirements.txt
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: install python3-venv (tests/testbed/testbed.sh tools)"; exit 1; }
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $@
@@ -35,7 +35,10 @@ testbed: ## Start a Docker engine and build the systemd test images (idempotent)
 	tests/testbed/testbed.sh all
 
 .PHONY: setup
-setup: venv testbed ## Everything the tests need: venv + testbed
+setup: ## Everything the tests need: host tools, venv, Docker engine, test images
+	tests/testbed/testbed.sh tools
+	$(MAKE) --no-print-directory venv
+	tests/testbed/testbed.sh all
 
 .PHONY: lint
 lint: venv ## ansible-lint (production profile) and yamllint
@@ -47,12 +50,12 @@ unit: venv ## Unit tests (filters, contract app, sidecar, specs)
 	pytest tests/unit
 
 .PHONY: molecule
-molecule: setup ## Run one scenario: make molecule SCENARIO=name
+molecule: venv testbed ## Run one scenario: make molecule SCENARIO=name
 	@test -n "$(SCENARIO)" || { echo "usage: make molecule SCENARIO=<name> (one of: $(SCENARIOS))"; exit 2; }
 	molecule test -s $(SCENARIO)
 
 .PHONY: scenarios
-scenarios: setup ## Run every Molecule scenario
+scenarios: venv testbed ## Run every Molecule scenario
 	@for s in $(SCENARIOS); do echo "=== molecule scenario $$s ==="; molecule test -s $$s || exit 1; done
 
 .PHONY: build

@@ -141,8 +141,11 @@ def secret_problem(value, min_bytes=32, hex_only=False):
     else:
         if len(value) < min_bytes:
             return "has %d characters; at least %d are needed" % (len(value), min_bytes)
-        if _entropy_bits(value) < 8 * min_bytes * 0.9:
-            return "is too predictable for %d random bytes (use a longer random value)" % min_bytes
+        bits = _entropy_bits(value)
+        if bits < 8 * min_bytes * 0.9:
+            return ("carries at most %d bits of randomness; %d random bytes are %d bits "
+                    "(use at least %d letters and digits, or %d hex characters)" % (
+                        bits, min_bytes, 8 * min_bytes, math.ceil(8 * min_bytes * 0.9 / math.log2(62)), 2 * min_bytes))
     if len(set(value)) < min(12, len(value) // 3):
         return "repeats too few distinct characters to be random"
     if re.search(r"(.{2,8})\1{3,}", value):

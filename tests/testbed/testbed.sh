@@ -8,7 +8,9 @@
 #                       and start one
 #   testbed.sh cache    start apt-cacher-ng on the Docker host (optional speed-up)
 #   testbed.sh images   build the test images (debootstrap + docker import)
-#   testbed.sh all      engine, cache (unless TESTBED_APT_CACHE=0), images
+#   testbed.sh tools    host tools the unit tests use (promtool, amtool, mtail,
+#                       python3-venv), from the distribution
+#   testbed.sh all      tools, engine, cache (unless TESTBED_APT_CACHE=0), images
 #   testbed.sh status   print what is there
 #
 # Environment:
@@ -220,6 +222,22 @@ cmd_images() {
   done
 }
 
+# Host tools: command -> Debian package.
+HOST_TOOLS="promtool:prometheus amtool:prometheus-alertmanager mtail:mtail debootstrap:debootstrap make:make"
+cmd_tools() {
+  local pair cmd pkg missing=""
+  for pair in $HOST_TOOLS; do
+    cmd=${pair%%:*}; pkg=${pair#*:}
+    command -v "$cmd" >/dev/null 2>&1 || missing="$missing $pkg"
+  done
+  if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then missing="$missing python3-venv"; fi
+  if [ -z "$missing" ]; then log "host tools present"; return 0; fi
+  log "installing host tools:$missing"
+  # shellcheck disable=SC2086
+  apt_install $missing
+  # The packages may start services where systemd runs; the tests need only the binaries.
+}
+
 cmd_status() {
   engine_up && log "engine: up" || log "engine: down"
   docker image ls "$IMAGE_REPO" 2>/dev/null || true
@@ -229,7 +247,8 @@ case "${1:-all}" in
   engine) cmd_engine ;;
   cache) cmd_cache ;;
   images) cmd_images ;;
-  all) cmd_engine; cmd_cache; cmd_images ;;
+  tools) cmd_tools ;;
+  all) cmd_tools; cmd_engine; cmd_cache; cmd_images ;;
   status) cmd_status ;;
-  *) die "usage: $0 {engine|cache|images|all|status}" ;;
+  *) die "usage: $0 {tools|engine|cache|images|all|status}" ;;
 esac

@@ -1,0 +1,72 @@
+"""Host certificates from the internal CA: right names, key stays on the host,
+TLS verifies across the network, renewal happens before expiry."""
+
+import os
+import subprocess
+
+from helpers import address_of, peer
+
+CA_DIR = os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "pki")
+SCENARIO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_key_private_and_certificate_matches(host):
+    key = host.file("/etc/matcraft/pki/host.key")
+    assert key.mode == 0o640 and key.user == "root" and key.group == "matcraft-tls"
+    cert_pub = host.run("openssl x509 -in /etc/matcraft/pki/host.crt -noout -pubkey").stdout
+    key_pub = host.run("openssl pkey -in /etc/matcraft/pki/host.key -pubout").stdout
+    assert cert_pub and cert_pub == key_pub
+
+
+def test_certificate_names_and_chain(host):
+    name = host.backend.get_hostname()
+    text = host.run("openssl x509 -in /etc/matcraft/pki/host.crt -noout -text").stdout
+    assert "DNS:%s" % name in text
+    assert "IP Address:%s" % address_of(host) in text
+    verify = host.run("openssl verify -CAfile /etc/matcraft/pki/ca.crt /etc/matcraft/pki/host.crt")
+    assert verify.rc == 0, verify.stderr
+
+
+def test_ca_key_stays_on_controller_encrypted(host):
+    assert not host.file("/etc/matcraft/pki/ca.key").exists
+    assert os.stat(os.path.join(CA_DIR, "ca.key")).st_mode & 0o777 == 0o600
+    with open(os.path.join(CA_DIR, "ca.key")) as handle:
+        assert "ENCRYPTED" in handle.read()
+    # No host key was ever copied to the controller.
+    assert not [f for f in os.listdir(os.path.join(CA_DIR, "issued")) if f.endswith(".key")]
+
+
+def test_tls_handshake_between_hosts():
+    server, client = peer("pki-server"), peer("pki-client")
+    server.run("systemctl stop pki-probe")
+    started = server.run(
+        "systemd-run --unit=pki-probe --property=RuntimeMaxSec=120 openssl s_server -quiet -www "
+        "-accept 8443 -cert /etc/matcraft/pki/host.crt -key /etc/matcraft/pki/host.key")
+    assert started.rc == 0, started.stderr
+    try:
+        # Verified through the system trust store, by the certificate's DNS name.
+        got = client.run("curl -sS --retry 5 --retry-connrefused --retry-delay 1 -o /dev/null "
+                         "-w '%{http_code}' https://pki-server:8443/")
+        assert got.rc == 0 and got.stdout == "200", got.stderr
+        # A name that is not in the certificate is refused.
+        wrong = client.run("curl -sS -o /dev/null --resolve wrong.name:8443:%s https://wrong.name:8443/",
+                           address_of(server))
+        assert wrong.rc != 0 and "certificate" in wrong.stderr.lower()
+    finally:
+        server.run("systemctl stop pki-probe")
+
+
+def test_renewal_before_expiry():
+    """With a renewal window longer than the lifetime, the next run re-issues."""
+    server = peer("pki-server")
+    before = server.run("openssl x509 -in /etc/matcraft/pki/host.crt -noout -serial").stdout
+    key_before = server.run("sha256sum /etc/matcraft/pki/host.key").stdout
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1")
+    run = subprocess.run(
+        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", "pki-server",
+         "-e", "pki_renew_before_days=400", os.path.join(SCENARIO, "converge.yml")],
+        capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert run.returncode == 0, run.stdout[-3000:]
+    after = server.run("openssl x509 -in /etc/matcraft/pki/host.crt -noout -serial").stdout
+    assert before != after, "certificate was not re-issued"
+    assert key_before == server.run("sha256sum /etc/matcraft/pki/host.key").stdout, "key changed"

@@ -1,0 +1,46 @@
+"""Every role has meta/argument_specs.yml, a README, and specs that match its defaults."""
+
+import os
+
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROLES = sorted(d for d in os.listdir(os.path.join(ROOT, "roles"))
+               if os.path.isdir(os.path.join(ROOT, "roles", d, "tasks")))
+
+
+def _load(role, *parts):
+    path = os.path.join(ROOT, "roles", role, *parts)
+    with open(path) as handle:
+        return yaml.safe_load(handle) or {}
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_role_has_specs_readme_and_meta(role):
+    for part in (("meta", "argument_specs.yml"), ("meta", "main.yml"), ("README.md",)):
+        assert os.path.exists(os.path.join(ROOT, "roles", role, *part)), "%s lacks %s" % (role, "/".join(part))
+    readme = open(os.path.join(ROOT, "roles", role, "README.md")).read()
+    for heading in ("Requirements", "Role Variables", "Dependencies", "Example Playbook"):
+        assert heading in readme, "%s README lacks a %s section" % (role, heading)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_defaults_and_specs_agree(role):
+    if not os.path.exists(os.path.join(ROOT, "roles", role, "defaults", "main.yml")):
+        pytest.fail("%s has no defaults/main.yml" % role)
+    defaults = _load(role, "defaults", "main.yml")
+    options = _load(role, "meta", "argument_specs.yml")["argument_specs"]["main"].get("options", {})
+    assert sorted(set(defaults) - set(options)) == [], "%s: defaults without a spec" % role
+    assert sorted(set(options) - set(defaults)) == [], "%s: specs without a default" % role
+    for name, spec in options.items():
+        assert spec.get("description"), "%s.%s has no description" % (role, name)
+        assert spec.get("default") == defaults[name], "%s.%s: spec default %r != defaults %r" % (
+            role, name, spec.get("default"), defaults[name])
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_role_variables_are_prefixed(role):
+    defaults = _load(role, "defaults", "main.yml")
+    wrong = [n for n in defaults if not n.startswith(role + "_")]
+    assert wrong == [], "%s: variables without the %s_ prefix: %s" % (role, role, wrong)

@@ -1,0 +1,84 @@
+"""Unit tests of plugins/filter/matcraft.py (the preflight's judgement)."""
+
+import secrets
+import string
+
+import pytest
+
+import matcraft as f
+
+
+@pytest.mark.parametrize("name", ["matcraft.example.org", "api.eu-1.matcraft.io", "a.b", "matcraft.example.org."])
+def test_fqdn_valid(name):
+    assert f.fqdn_problem(name) == ""
+
+
+@pytest.mark.parametrize("name,why", [
+    ("", "is empty"),
+    ("matcraft", "has no dot"),
+    ("api_.example.org", "invalid label"),
+    ("-api.example.org", "invalid label"),
+    ("10.0.0.1", "looks like an IP address"),
+    ("a" * 64 + ".org", "invalid label"),
+])
+def test_fqdn_invalid(name, why):
+    assert why in f.fqdn_problem(name)
+
+
+@pytest.mark.parametrize("origin,why", [
+    ("https://dashboard.example.org", ""),
+    ("https://dashboard.example.org:8443", ""),
+    ("*", "wildcard"),
+    ("https://*.example.org", "wildcard"),
+    ("http://dashboard.example.org", "uses http"),
+    ("https://dashboard.example.org/", "not an origin"),
+    ("dashboard.example.org", "not an origin"),
+])
+def test_origin(origin, why):
+    problem = f.origin_problem(origin)
+    assert (why in problem) if why else problem == ""
+
+
+def test_random_secrets_pass():
+    assert f.secret_problem(secrets.token_hex(32), 32, True) == ""
+    alphabet = string.ascii_letters + string.digits
+    assert f.secret_problem("".join(secrets.choice(alphabet) for _ in range(44))) == ""
+    assert f.secret_problem(secrets.token_urlsafe(32)) == ""
+
+
+@pytest.mark.parametrize("value,hex_only,why", [
+    ("", False, "is not set"),
+    (None, False, "is not set"),
+    ("changeme" * 6, False, "placeholder"),
+    ("MySuperSecretPassword1234567890abcdefXYZ", False, "placeholder"),
+    ("9f86d081884c7d65", True, "has 16 hex characters"),
+    ("g" * 64, True, "is not a hex string"),
+    ("short", False, "has 5 characters"),
+    ("kqzjwvmxprtlbnhgfdsyceoaiuvlqmrtzbxn", False, "bits of randomness"),
+    ("ab12" * 16, True, "repeat"),
+])
+def test_weak_secrets(value, hex_only, why):
+    assert why in f.secret_problem(value, 32, hex_only)
+
+
+def test_duplicate_secrets():
+    assert f.duplicate_secrets({"a": "x", "b": "y", "c": "x", "d": ""}) == ["a", "c"]
+    assert f.duplicate_secrets({"a": "", "b": ""}) == []
+
+
+def test_host_addresses():
+    hostvars = {
+        "api1": {"ansible_default_ipv4": {"address": "10.0.0.12"}},
+        "api2": {"matcraft_private_address": "10.0.0.2", "ansible_default_ipv4": {"address": "192.0.2.1"}},
+        "w1": {"ansible_default_ipv4": {"address": "10.0.0.3"}},
+    }
+    groups = {"matcraft_api": ["api1", "api2"], "matcraft_workers": ["w1", "api1"]}
+    assert f.host_addresses(["matcraft_api", "matcraft_workers"], hostvars, groups) == ["10.0.0.2", "10.0.0.3", "10.0.0.12"]
+    assert f.host_addresses("matcraft_api", hostvars, groups, exclude=["api1"]) == ["10.0.0.2"]
+    assert f.host_addresses(["missing"], hostvars, groups) == []
+
+
+def test_host_addresses_unknown_host_names_the_fix():
+    with pytest.raises(Exception) as err:
+        f.host_addresses(["g"], {"h": {}}, {"g": ["h"]})
+    assert "matcraft_private_address" in str(err.value) and "'h'" in str(err.value)
