@@ -49,6 +49,10 @@ lint: venv ## ansible-lint (production profile) and yamllint
 unit: venv ## Unit tests (filters, contract app, sidecar, specs)
 	pytest tests/unit
 
+.PHONY: rules-test
+rules-test: venv ## Alert rules (promtool test rules) and the nginx log program (mtail)
+	tests/rules/run.sh
+
 .PHONY: molecule
 molecule: venv testbed ## Run one scenario: make molecule SCENARIO=name
 	@test -n "$(SCENARIO)" || { echo "usage: make molecule SCENARIO=<name> (one of: $(SCENARIOS))"; exit 2; }

@@ -48,7 +48,8 @@ def test_installed_tarball_lists_roles(tarball, tmp_path):
     assert (target / "ansible_collections" / "matcraft" / "deploy" / "MANIFEST.json").exists()
     listed = subprocess.run([_tool("ansible-doc"), "-t", "role", "-l", "matcraft.deploy"],
                             check=True, capture_output=True, text=True, env=env, cwd=str(tmp_path)).stdout
-    roles = sorted(d for d in os.listdir(os.path.join(ROOT, "roles")) if not d.startswith("."))
+    roles = sorted(d for d in os.listdir(os.path.join(ROOT, "roles"))
+                   if os.path.isdir(os.path.join(ROOT, "roles", d, "tasks")))
     for role in roles:
         assert "matcraft.deploy.%s" % role in listed, (role, listed)
 
