@@ -1,0 +1,63 @@
+"""playbooks/secrets.yml writes a vault file of fresh, strong, distinct secrets
+that preflight accepts, and never replaces one unless told to."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+import matcraft as filters
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.dirname(sys.executable)
+
+
+def _run(tmp_path, *extra):
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(ROOT, ".cache", "collections"),
+               ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"))
+    return subprocess.run(
+        [os.path.join(BIN, "ansible-playbook"), os.path.join(ROOT, "playbooks", "secrets.yml"),
+         "-e", "secrets_file=%s" % (tmp_path / "env" / "vault.yml"),
+         "-e", "secrets_vault_password_file=%s" % (tmp_path / "pass"), *extra],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False)
+
+
+def _view(tmp_path):
+    out = subprocess.run([os.path.join(BIN, "ansible-vault"), "view", "--vault-password-file",
+                          str(tmp_path / "pass"), str(tmp_path / "env" / "vault.yml")],
+                         capture_output=True, text=True, check=True).stdout
+    return yaml.safe_load(out)
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    (tmp_path / "pass").write_text("unit-test-vault-password\n")
+    return tmp_path
+
+
+def test_fresh_strong_distinct_secrets(workdir):
+    result = _run(workdir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    path = workdir / "env" / "vault.yml"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert path.read_text().startswith("$ANSIBLE_VAULT;")
+    secrets = _view(workdir)
+    assert filters.secret_problem(secrets["matcraft_secret_key"], 32, True) == ""
+    for name, value in secrets.items():
+        assert filters.secret_problem(value, 32, name == "matcraft_secret_key") == "", name
+        assert value not in result.stdout + result.stderr, "%s was printed" % name
+    assert filters.duplicate_secrets(secrets) == []
+    assert {"matcraft_db_password", "matcraft_redis_password", "matcraft_pki_ca_passphrase"} <= set(secrets)
+
+
+def test_existing_file_is_kept_unless_forced(workdir):
+    assert _run(workdir).returncode == 0
+    first = _view(workdir)
+    refused = _run(workdir)
+    assert refused.returncode != 0 and "nothing was changed" in refused.stdout + refused.stderr
+    assert _view(workdir) == first
+    assert _run(workdir, "-e", "secrets_force=true").returncode == 0
+    second = _view(workdir)
+    assert all(first[k] != second[k] for k in first), "a secret was reused after rotation"
