@@ -73,13 +73,13 @@ cmd_engine() {
     as_root sh -c 'setsid dockerd >/var/log/matcraft-dockerd.log 2>&1 < /dev/null &'
   fi
   for _ in $(seq 1 60); do engine_up && { log "Docker engine answers"; return 0; }; sleep 1; done
-  tail -n 30 /var/log/matcraft-dockerd.log >&2 || true
+  tail -n 30 /var/log/matcraft-dockerd.log >&2 || true   # diagnostics only; die follows
   die "Docker engine did not answer within 60 s"
 }
 
 host_uris() {
   (grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $2}'
-   grep -hE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}') || true
+   grep -hE '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '{print $2}') || true  # no such files: no URIs
 }
 
 host_mirror() {
@@ -112,9 +112,10 @@ cmd_cache() {
   if curl -fsS -o /dev/null "http://127.0.0.1:${cache_port}/acng-report.html" 2>/dev/null; then
     log "apt-cacher-ng answers on :${cache_port}"; return 0
   fi
-  if [ -d /run/systemd/system ]; then as_root systemctl start apt-cacher-ng || true; fi
+  if [ -d /run/systemd/system ]; then as_root systemctl start apt-cacher-ng || true; fi  # checked below, started directly otherwise
   if ! curl -fsS -o /dev/null "http://127.0.0.1:${cache_port}/acng-report.html" 2>/dev/null; then
     as_root mkdir -p /var/cache/apt-cacher-ng /var/log/apt-cacher-ng /run/apt-cacher-ng
+    # The package's user exists on Debian; elsewhere the daemon runs as root.
     as_root chown apt-cacher-ng: /var/cache/apt-cacher-ng /var/log/apt-cacher-ng /run/apt-cacher-ng 2>/dev/null || true
     as_root sh -c 'setsid /usr/sbin/apt-cacher-ng -c /etc/apt-cacher-ng ForeGround=1 >/var/log/matcraft-acng.log 2>&1 < /dev/null &'
   fi
@@ -190,7 +191,7 @@ PROXY
   fi
   # No consoles in a container; keep the boot quiet and fast.
   as_root chroot "$root" systemctl mask getty.target console-getty.service systemd-firstboot.service \
-    systemd-udevd.service systemd-modules-load.service sys-kernel-debug.mount >/dev/null 2>&1 || true
+    systemd-udevd.service systemd-modules-load.service sys-kernel-debug.mount >/dev/null 2>&1 || true  # a unit a suite lacks needs no mask
   as_root rm -f "$root/etc/machine-id" "$root/var/lib/dbus/machine-id"
   as_root touch "$root/etc/machine-id"
   as_root chroot "$root" apt-get clean
@@ -210,6 +211,7 @@ cmd_images() {
   mirror=$(host_mirror)
   for suite in $SUITES; do
     fp=$(fingerprint "$suite")
+    # Empty when the image does not exist yet.
     have=$(docker image inspect -f '{{ index .Config.Labels "matcraft.testbed.fingerprint" }}' "$IMAGE_REPO:$suite" 2>/dev/null || true)
     if [ "$have" = "$fp" ] && [ "${TESTBED_REBUILD:-0}" != 1 ]; then
       log "$IMAGE_REPO:$suite is up to date ($fp)"; continue
@@ -240,7 +242,7 @@ cmd_tools() {
 
 cmd_status() {
   engine_up && log "engine: up" || log "engine: down"
-  docker image ls "$IMAGE_REPO" 2>/dev/null || true
+  docker image ls "$IMAGE_REPO"
 }
 
 case "${1:-all}" in
