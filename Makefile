@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 COLLECTION_LINK := .cache/collections/ansible_collections/matcraft/deploy
 # Every Molecule scenario `make test` runs, in order (fast ones first).
-SCENARIOS ?= preflight common pki redis
+SCENARIOS ?= preflight common pki redis postgresql
 SCENARIO ?=
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.cache/collections
 export PATH := $(CURDIR)/$(BIN):$(PATH)
