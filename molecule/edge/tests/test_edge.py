@@ -1,0 +1,458 @@
+"""The edge: a real certificate from the ACME test CA (Pebble, HTTP-01), its
+renewal without a restart, the TLS policy and headers, load balancing over
+TLS to two API hosts, rate limits, the WAF, WebSockets, JSON logs, the
+loopback-only stub_status, failover and draining an API host.
+
+`host` is the edge (edge-proxy); edge-acme is the outside client, and every
+HTTPS request verifies the served chain against Pebble's root fetched from its
+management API. Certificate validation is never switched off.
+"""
+
+import json
+import os
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from helpers import address_of, assert_unit_running, peer, probe_tcp
+
+testinfra_hosts = ["edge-proxy"]
+
+SCENARIO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOMAIN = "edge-proxy.test"
+LISTENER_CA = "/usr/local/share/edge-test/acme-tls-ca.pem"
+ROOT = "/tmp/edge-test-pebble-root.pem"
+LIVE = "/etc/letsencrypt/live/%s" % DOMAIN
+JSON_LOG = "/var/log/nginx/matcraft_access.json"
+API_HOSTS = {"edge-api", "edge-api2"}
+DASHBOARD = "https://dashboard.edge-proxy.test"
+# Pebble issues certificates without a CRL or OCSP URI (Let's Encrypt's carry
+# a CRL URI); testssl.sh rates that HIGH. Nothing in nginx can change it.
+TESTSSL_TEST_CA_FINDINGS = {"cert_revocation"}
+
+
+@pytest.fixture(scope="module")
+def client():
+    return peer("edge-acme")
+
+
+@pytest.fixture(scope="module")
+def edge_ip(host):
+    return address_of(host)
+
+
+@pytest.fixture(scope="module")
+def root(client, host):
+    """Pebble's root CA from its management API, on the client and on the edge."""
+    got = client.run("curl -fsS --cacert %s -o %s https://127.0.0.1:15000/roots/0", LISTENER_CA, ROOT)
+    assert got.rc == 0, got.stderr
+    pem = client.file(ROOT).content_string
+    assert "BEGIN CERTIFICATE" in pem
+    host.run("printf '%%s' %s > %s", pem, ROOT)
+    return ROOT
+
+
+def curl(machine, address, path, *options, scheme="https"):
+    """One request to the edge by name (verified against Pebble's root): (status, headers, body)."""
+    port = 443 if scheme == "https" else 80
+    cmd = machine.run(
+        "curl -sS --max-time 20 --cacert %s --resolve %s:%s:%s -D /tmp/edge-test-headers -o /tmp/edge-test-body "
+        "-w '%%{http_code}' " + " ".join(["%s"] * len(options)) + " %s://%s%s; cat /tmp/edge-test-headers; "
+        "echo '--body--'; cat /tmp/edge-test-body",
+        ROOT, DOMAIN, str(port), address, *options, scheme, DOMAIN, path)
+    assert cmd.rc == 0, cmd.stderr
+    status, _, rest = cmd.stdout.partition("HTTP/")
+    head, _, body = rest.partition("--body--\n")
+    headers = {}
+    for line in head.splitlines()[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return int(status), headers, body
+
+
+def codes(machine, address, path, count):
+    """Status codes of `count` requests sent back to back on one connection."""
+    urls = " ".join(["-o /dev/null https://%s%s" % (DOMAIN, path)] * count)
+    cmd = machine.run("curl -sS --max-time 30 --cacert %s --resolve %s:443:%s -w '%%{http_code} ' " + urls,
+                      ROOT, DOMAIN, address)
+    assert cmd.rc == 0, cmd.stderr
+    return [int(c) for c in cmd.stdout.split()]
+
+
+def served_serial(client, address):
+    cmd = client.run(
+        "openssl s_client -connect %s:443 -servername %s -CAfile %s -verify_return_error </dev/null 2>/dev/null"
+        " | openssl x509 -noout -serial", address, DOMAIN, ROOT)
+    assert cmd.rc == 0, cmd.stderr
+    return cmd.stdout.strip()
+
+
+def upstream_hosts(client, address, count):
+    hosts = []
+    for _ in range(count):
+        status, _, body = curl(client, address, "/v1/whoami")
+        assert status == 200, body
+        hosts.append(json.loads(body)["host"])
+    return hosts
+
+
+def main_pid(host):
+    return host.run("systemctl show -p MainPID --value nginx").stdout.strip()
+
+
+def wait_for_bucket():
+    """Let the rate limit bucket of the client refill (5 r/s, burst 10)."""
+    time.sleep(2.5)
+
+
+def run_edge_playbook(extra_vars):
+    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1",
+               ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default")
+    return subprocess.run(
+        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], os.path.join(SCENARIO, "edge.yml"),
+         "-e", json.dumps(extra_vars)],
+        capture_output=True, text=True, env=env, timeout=900, check=False)
+
+
+def test_services_running(host):
+    assert_unit_running(host, "nginx")
+    assert_unit_running(host, "certbot.timer")
+
+
+def test_certificate_from_pebble_verifies(host, client, root, edge_ip):
+    """The served chain is Pebble's, verified against its root, for the edge's name."""
+    cmd = client.run(
+        "openssl s_client -connect %s:443 -servername %s -CAfile %s -verify_return_error "
+        "-verify_hostname %s </dev/null 2>&1", edge_ip, DOMAIN, root, DOMAIN)
+    assert cmd.rc == 0, cmd.stdout
+    assert "Verify return code: 0 (ok)" in cmd.stdout
+    assert "Pebble Intermediate CA" in cmd.stdout
+    # The edge serves exactly the certificate certbot keeps.
+    live = host.run("openssl x509 -in %s/cert.pem -noout -serial", LIVE).stdout.strip()
+    assert served_serial(client, edge_ip) == live
+    renewal = host.file("/etc/letsencrypt/renewal/%s.conf" % DOMAIN).content_string
+    assert "server = https://edge-acme:14000/dir" in renewal
+    assert "authenticator = webroot" in renewal
+    # The temporary self-signed certificate is gone.
+    assert not host.file("/etc/nginx/tls/bootstrap.key").exists
+
+
+def test_renewal_hooks_and_timer_configuration(host):
+    hook = host.file("/etc/letsencrypt/renewal-hooks/deploy/50-matcraft-nginx-reload")
+    assert hook.mode == 0o755 and "nginx -t" in hook.content_string and "systemctl reload nginx" in hook.content_string
+    env = host.run("systemctl show -p Environment --value certbot.service").stdout
+    assert "REQUESTS_CA_BUNDLE=%s" % LISTENER_CA in env
+
+
+def test_forced_renewal_served_without_restart(host, client, root, edge_ip):
+    """certbot renew --force-renewal (as the timer runs it) -> new serial served, same nginx master."""
+    before_serial = served_serial(client, edge_ip)
+    before_pid = main_pid(host)
+    env = host.run("systemctl show -p Environment --value certbot.service").stdout.strip()
+    renew = host.run("env %s certbot renew --force-renewal --no-random-sleep-on-renew --cert-name %s", env, DOMAIN)
+    assert renew.rc == 0, renew.stdout + renew.stderr
+    live = host.run("openssl x509 -in %s/cert.pem -noout -serial", LIVE).stdout.strip()
+    assert live != before_serial
+    for _ in range(30):
+        if served_serial(client, edge_ip) == live:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("the edge still serves %s after the renewal to %s" % (before_serial, live))
+    assert main_pid(host) == before_pid, "nginx was restarted, not reloaded"
+
+
+def test_http_answers_acme_challenge_and_redirects(host, client, root, edge_ip):
+    status, headers, _ = curl(client, edge_ip, "/v1/campaigns?page=2", scheme="http")
+    assert status == 301
+    assert headers["location"] == "https://%s/v1/campaigns?page=2" % DOMAIN
+    token = uuid.uuid4().hex
+    path = "/var/www/acme/.well-known/acme-challenge/%s" % token
+    host.run("echo %s > %s", token, path)
+    try:
+        status, _, body = curl(client, edge_ip, "/.well-known/acme-challenge/%s" % token, scheme="http")
+        assert status == 200 and body.strip() == token
+    finally:
+        host.run("rm -f %s", path)
+    # A name that is not ours is sent to the main name.
+    cmd = client.run("curl -sS -o /dev/null -w '%%{redirect_url}' -H 'Host: other.example' http://%s/x", edge_ip)
+    assert cmd.stdout == "https://%s/x" % DOMAIN
+
+
+def test_security_headers_and_no_cors_from_nginx(client, root, edge_ip):
+    wait_for_bucket()
+    status, headers, _ = curl(client, edge_ip, "/v1/campaigns", "-H", "Origin: https://evil.example")
+    assert status == 200
+    assert headers["strict-transport-security"] == "max-age=63072000"
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["x-frame-options"] == "DENY"
+    assert headers["referrer-policy"] == "no-referrer"
+    assert headers["content-security-policy"].startswith("default-src 'none'")
+    assert headers["server"] == "nginx", "server_tokens must hide the version"
+    assert "access-control-allow-origin" not in headers
+    # The API's own CORS answer for the dashboard passes unchanged.
+    status, headers, _ = curl(client, edge_ip, "/v1/campaigns", "-H", "Origin: " + DASHBOARD)
+    assert headers.get("access-control-allow-origin") == DASHBOARD
+    # Headers are on error responses too; the docs get their own policy.
+    status, headers, _ = curl(client, edge_ip, "/docs")
+    assert status == 404 and "strict-transport-security" in headers
+    assert "cdn.jsdelivr.net" in headers["content-security-policy"]
+
+
+@pytest.mark.parametrize("version", ["-tls1", "-tls1_1"])
+def test_old_tls_refused(client, root, edge_ip, version):
+    # SECLEVEL=0 lets the client offer the old versions: the refusal is the server's.
+    cmd = client.run("openssl s_client -connect %s:443 -servername %s %s -cipher DEFAULT@SECLEVEL=0 </dev/null 2>&1",
+                     edge_ip, DOMAIN, version)
+    assert cmd.rc != 0
+    assert "alert protocol version" in cmd.stdout, cmd.stdout
+
+
+@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
+def test_current_tls_accepted(client, root, edge_ip, version):
+    cmd = client.run("openssl s_client -connect %s:443 -servername %s %s -CAfile %s -verify_return_error </dev/null 2>&1",
+                     edge_ip, DOMAIN, version, root)
+    assert cmd.rc == 0, cmd.stdout
+
+
+def test_weak_cipher_refused(client, root, edge_ip):
+    """No static-RSA or CBC suite (Mozilla intermediate)."""
+    cmd = client.run("openssl s_client -connect %s:443 -servername %s -tls1_2 -cipher AES128-SHA:AES256-SHA256 "
+                     "</dev/null 2>&1", edge_ip, DOMAIN)
+    assert cmd.rc != 0 and "handshake failure" in cmd.stdout, cmd.stdout
+
+
+def test_balanced_over_verified_tls(host, client, root, edge_ip):
+    wait_for_bucket()
+    seen = upstream_hosts(client, edge_ip, 6)
+    assert set(seen) == API_HOSTS, seen
+    status, _, body = curl(client, edge_ip, "/v1/headers")
+    sent = json.loads(body)["headers"]
+    assert sent["host"] == DOMAIN and sent["x-forwarded-proto"] == "https"
+    assert sent["x-forwarded-for"] == address_of(client) and sent["x-request-id"]
+    status, _, body = curl(client, edge_ip, "/health")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    # The API hosts speak TLS only; nginx verifies them by the shared name.
+    api_ip = address_of(peer("edge-api"))
+    assert host.run("curl -sS --max-time 5 http://%s:8000/health", api_ip).rc != 0
+    verified = host.run("curl -fsS --max-time 5 --cacert /etc/matcraft/pki/ca.crt "
+                        "--resolve api.matcraft.internal:8000:%s https://api.matcraft.internal:8000/health", api_ip)
+    assert verified.rc == 0, verified.stderr
+    config = host.run("nginx -T 2>/dev/null").stdout
+    assert "proxy_ssl_verify on;" in config and "proxy_ssl_name api.matcraft.internal;" in config
+
+
+def test_rate_limit_json_429_and_trusted_loopback(host, client, root, edge_ip):
+    wait_for_bucket()
+    # Under the rate (5 r/s): every request passes.
+    slow = client.run(
+        "for i in 1 2 3 4 5 6; do curl -sS -o /dev/null -w '%%{http_code} ' --cacert %s --resolve %s:443:%s "
+        "https://%s/v1/slow; sleep 0.4; done", root, DOMAIN, edge_ip, DOMAIN)
+    assert slow.stdout.split() == ["200"] * 6, slow.stdout
+    wait_for_bucket()
+    # A burst above rate + burst: the excess gets 429 with a JSON body (the
+    # last response's body is kept).
+    url = "https://%s/v1/burst" % DOMAIN
+    targets = " ".join(["-o /dev/null " + url] * 29 + ["-o /tmp/edge-test-429.json " + url])
+    burst = client.run(
+        "curl -sS --max-time 30 --cacert %s --resolve %s:443:%s "
+        "-w '%%{http_code}|%%header{content-type}|%%header{retry-after}|%%header{strict-transport-security}\\n' "
+        + targets + " && cat /tmp/edge-test-429.json", root, DOMAIN, edge_ip)
+    assert burst.rc == 0, burst.stderr
+    lines = burst.stdout.splitlines()
+    results = [line.split("|") for line in lines[:30]]
+    statuses = [int(r[0]) for r in results]
+    assert statuses.count(200) >= 10 and statuses.count(429) >= 15, statuses
+    assert set(statuses) <= {200, 429} and statuses[-1] == 429, statuses
+    assert results[-1][1:] == ["application/json", "1", "max-age=63072000"], results[-1]
+    assert json.loads(lines[30]) == {"detail": "Too Many Requests"}
+    # The loopback is in nginx_rate_limit_trusted_cidrs: the same burst passes.
+    assert codes(host, "127.0.0.1", "/v1/burst", 30) == [200] * 30
+    wait_for_bucket()
+
+
+def test_waf_blocks_sql_injection_and_passes_json(host, client, root, edge_ip):
+    wait_for_bucket()
+    status, headers, body = curl(client, edge_ip, "/v1/campaigns?id=1%27%20OR%20%271%27%3D%271")
+    assert status == 403, body
+    assert headers["content-type"] == "application/json" and json.loads(body) == {"detail": "Forbidden"}
+    # The same probe inside a JSON body is found too (the JSON body processor).
+    status, _, _ = curl(client, edge_ip, "/v1/echo", "-H", "Content-Type: application/json",
+                        "--data", json.dumps({"filter": "1' OR '1'='1"}))
+    assert status == 403
+    document = {"name": "Perovskite band gap", "design_space": {"A": ["Cs", "MA"], "x": [0.0, 0.35]},
+                "objective": "maximise PCE (%)", "notes": "Fe2O3/TiO2 baseline, see run #12"}
+    status, _, body = curl(client, edge_ip, "/v1/echo", "-H", "Content-Type: application/json",
+                           "--data", json.dumps(document))
+    assert status == 200, body
+    assert json.loads(body)["echo"] == document
+    log = host.run("grep -c 'ModSecurity: Access denied with code 403' /var/log/nginx/error.log").stdout
+    assert int(log or 0) >= 2
+
+
+def test_uploads_within_limit_and_413_above(client, root, edge_ip):
+    wait_for_bucket()
+    client.run("head -c 3000000 /dev/urandom > /tmp/edge-test-3m.csv; head -c 9000000 /dev/zero > /tmp/edge-test-9m.bin")
+    try:
+        status, _, body = curl(client, edge_ip, "/v1/datasets/upload", "-F", "file=@/tmp/edge-test-3m.csv")
+        assert status == 200, body
+        reply = json.loads(body)
+        assert reply["bytes"] > 3000000 and reply["content_type"].startswith("multipart/form-data")
+        status, headers, body = curl(client, edge_ip, "/v1/datasets/upload", "-F", "file=@/tmp/edge-test-9m.bin")
+        assert status == 413 and json.loads(body)["detail"]
+    finally:
+        client.run("rm -f /tmp/edge-test-3m.csv /tmp/edge-test-9m.bin")
+
+
+def test_websocket_receives_message_published_upstream(client, root, edge_ip):
+    wait_for_bucket()
+    unit, out = "edge-ws-probe-%s" % uuid.uuid4().hex[:8], "/tmp/edge-ws-probe.out"
+    client.run("rm -f %s", out)
+    started = client.run(
+        "systemd-run --unit=%s --property=RuntimeMaxSec=90 /usr/bin/python3 /usr/local/lib/edge-test/ws_probe.py "
+        "--connect %s --name %s --cafile %s --path /ws/campaigns/42 --out %s --messages 2 --timeout 60",
+        unit, edge_ip, DOMAIN, root, out)
+    assert started.rc == 0, started.stderr
+    try:
+        hello = None
+        for _ in range(40):
+            lines = client.run("cat %s", out).stdout.splitlines()
+            if len(lines) >= 2:
+                hello = json.loads(lines[1])
+                break
+            time.sleep(0.5)
+        assert hello and hello["event"] == "subscribed" and hello["host"] in API_HOSTS, "no WebSocket session"
+        message = {"event": "progress", "campaign": "42", "iteration": 7, "best": 1.23}
+        published = peer(hello["host"]).run(
+            "curl -fsS --cacert /etc/matcraft/pki/ca.crt --resolve api.matcraft.internal:8000:127.0.0.1 "
+            "--data %s https://api.matcraft.internal:8000/internal/publish/42", json.dumps(message))
+        assert published.rc == 0 and json.loads(published.stdout)["delivered"] == 1, published.stderr
+        for _ in range(40):
+            lines = client.run("cat %s", out).stdout.splitlines()
+            if len(lines) >= 3:
+                break
+            time.sleep(0.5)
+        assert len(lines) >= 3 and json.loads(lines[2]) == message, lines
+    finally:
+        client.run("systemctl stop %s", unit)
+
+
+def test_json_access_log(host, client, root, edge_ip):
+    wait_for_bucket()
+    marker = uuid.uuid4().hex
+    agent = 'probe "quoted" \\ %s' % marker
+    curl(client, edge_ip, "/v1/log-probe?x=1", "-A", agent)
+    line = host.run("grep %s %s | tail -n 1", marker, JSON_LOG).stdout
+    entry = json.loads(line)
+    for key in ("time_iso8601", "remote_addr", "request_method", "uri", "status", "body_bytes_sent", "request_time",
+                "upstream_response_time", "upstream_addr", "host", "http_user_agent"):
+        assert key in entry, key
+    assert entry["http_user_agent"] == agent
+    assert entry["status"] == "200" and entry["request_method"] == "GET" and entry["host"] == DOMAIN
+    assert entry["uri"] == "/v1/log-probe" and entry["upstream_addr"].endswith(":8000")
+    assert float(entry["request_time"]) >= 0 and float(entry["upstream_response_time"]) >= 0
+    log = host.file(JSON_LOG)
+    assert log.mode == 0o640 and log.group == "adm"
+
+
+def test_stub_status_on_loopback_only(host, client, root, edge_ip):
+    local = host.run("curl -fsS http://127.0.0.1:8080/stub_status")
+    assert local.rc == 0 and "Active connections" in local.stdout
+    assert not probe_tcp(client, edge_ip, 8080)
+    listening = host.run("ss -Htln 'sport = :8080'").stdout.split()
+    assert "127.0.0.1:8080" in listening and "0.0.0.0:8080" not in listening
+    status, _, body = curl(client, edge_ip, "/stub_status")
+    assert "Active connections" not in body
+
+
+def test_firewall_and_file_modes(host):
+    rules = host.run("nft list ruleset").stdout
+    assert 'ip saddr 0.0.0.0/0 tcp dport { 80, 443 } accept comment "nginx"' in rules, rules
+    assert 'ip6 saddr ::/0 tcp dport { 80, 443 } accept comment "nginx"' in rules, rules
+    for path, mode in (("/etc/nginx/conf.d/matcraft.conf", 0o640), ("/etc/nginx/matcraft/modsecurity.conf", 0o640),
+                       ("/etc/nginx/tls", 0o750)):
+        item = host.file(path)
+        assert item.user == "root" and item.mode == mode, path
+    key = host.file(host.run("readlink -f %s/privkey.pem", LIVE).stdout.strip())
+    assert key.user == "root" and not key.mode & 0o077
+
+
+def test_checker_tests_candidates_in_context(host):
+    """A snippet that is valid alone but breaks the configuration around it is refused."""
+    candidate = "/tmp/edge-test-proxy.conf"
+    host.run("cp /etc/nginx/matcraft/proxy.conf %s && echo 'proxy_read_timeout 5s;' >> %s", candidate, candidate)
+    before = host.file("/etc/nginx/matcraft/proxy.conf").sha256sum
+    bad = host.run("/usr/local/sbin/matcraft-nginx-check %s /etc/nginx/matcraft/proxy.conf", candidate)
+    assert bad.rc != 0 and "duplicate" in bad.stderr, bad.stderr
+    good = host.run("/usr/local/sbin/matcraft-nginx-check /etc/nginx/matcraft/proxy.conf /etc/nginx/matcraft/proxy.conf")
+    assert good.rc == 0, good.stderr
+    assert host.file("/etc/nginx/matcraft/proxy.conf").sha256sum == before
+    host.run("rm -f %s", candidate)
+
+
+def test_testssl_no_high_or_critical(client, root, edge_ip):
+    """testssl.sh (protocols, ciphers, server defaults, headers, vulnerabilities): nothing HIGH or CRITICAL."""
+    wait_for_bucket()
+    report = "/tmp/edge-testssl.json"
+    client.run("rm -f %s", report)
+    # testssl.sh 3.0's exit status counts scan errors (say a timeout on a busy
+    # machine), not findings: the JSON report is what is judged.
+    cmd = client.run(
+        "timeout 900 testssl --quiet --color 0 --warnings off --ip %s --add-ca %s --protocols --std "
+        "--server-defaults --headers --vulnerable --jsonfile %s https://%s",
+        edge_ip, root, report, DOMAIN)
+    assert client.file(report).exists, cmd.stdout[-3000:] + cmd.stderr[-2000:]
+    findings = json.loads(client.file(report).content_string)
+    by_id = {f["id"]: f for f in findings}
+    for required in ("TLS1", "TLS1_1", "TLS1_2", "TLS1_3", "cert_chain_of_trust", "heartbleed", "ROBOT", "BREACH",
+                     "LUCKY13"):
+        assert required in by_id, "testssl.sh did not report %s (exit %d)\n%s" % (required, cmd.rc, cmd.stdout[-3000:])
+    assert by_id["TLS1"]["finding"] == by_id["TLS1_1"]["finding"] == "not offered"
+    assert by_id["TLS1_2"]["finding"].startswith("offered") and by_id["TLS1_3"]["finding"].startswith("offered")
+    assert by_id["cert_chain_of_trust"]["finding"].startswith("passed"), by_id["cert_chain_of_trust"]
+    serious = [f for f in findings if f["severity"] in ("HIGH", "CRITICAL") and f["id"] not in TESTSSL_TEST_CA_FINDINGS]
+    assert not serious, json.dumps(serious, indent=1)
+
+
+def test_failover_of_idempotent_requests(client, root, edge_ip):
+    """One API host stops: requests keep succeeding on the other."""
+    wait_for_bucket()
+    api2 = peer("edge-api2")
+    api2.run("systemctl stop edge-upstream")
+    try:
+        seen = upstream_hosts(client, edge_ip, 6)
+        assert set(seen) == {"edge-api"}, seen
+        # A connection refused happens before the request is sent, so POST is retried too.
+        status, _, body = curl(client, edge_ip, "/v1/echo", "-H", "Content-Type: application/json",
+                               "--data", json.dumps({"ok": True}))
+        assert status == 200, body
+    finally:
+        api2.run("systemctl start edge-upstream")
+
+
+def test_drain_an_api_host_with_a_reload(host, client, root, edge_ip):
+    """nginx_upstream_drained takes edge-api2 out of rotation with a reload; undraining brings it back."""
+    pid = main_pid(host)
+    drained = run_edge_playbook({"nginx_upstream_drained": ["edge-api2"]})
+    try:
+        assert drained.returncode == 0, drained.stdout[-3000:]
+        api2_ip = address_of(peer("edge-api2"))
+        assert "server %s:8000 max_fails=3 fail_timeout=10s down;" % api2_ip in host.file(
+            "/etc/nginx/conf.d/matcraft.conf").content_string
+        wait_for_bucket()
+        assert set(upstream_hosts(client, edge_ip, 6)) == {"edge-api"}
+        assert main_pid(host) == pid, "draining restarted nginx"
+    finally:
+        restored = run_edge_playbook({})
+    assert restored.returncode == 0, restored.stdout[-3000:]
+    assert main_pid(host) == pid
+    seen = set()
+    for _ in range(15):
+        wait_for_bucket()
+        seen |= set(upstream_hosts(client, edge_ip, 4))
+        if seen == API_HOSTS:
+            break
+    assert seen == API_HOSTS, seen
