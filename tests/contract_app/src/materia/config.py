@@ -3,7 +3,7 @@
 Required: ``DATABASE_URL``, ``REDIS_URL``, ``SECRET_KEY`` (at least 32 random
 bytes as hex, i.e. 64 hex characters) and ``MATCRAFT_ENV``. Optional:
 ``DATABASE_REPLICA_URL``, ``CORS_ORIGINS``, ``LOG_LEVEL``, ``SENTRY_DSN``,
-``CELERY_VISIBILITY_TIMEOUT``, ``DATABASE_POOL_SIZE`` and
+``CELERY_VISIBILITY_TIMEOUT``, ``CELERY_UNACKED_RESTORE_INTERVAL``, ``DATABASE_POOL_SIZE`` and
 ``MATCRAFT_CONTRACT_FAULTS`` (contract-app only: enables fault injection).
 """
 
@@ -77,6 +77,7 @@ class Settings:
     sentry_dsn_set: bool = False
     faults_enabled: bool = False
     visibility_timeout: int = 3600
+    unacked_restore_interval: int | None = None
     database_pool_size: int = 10
 
     @classmethod
@@ -116,6 +117,7 @@ class Settings:
             sentry_dsn_set=bool(env.get("SENTRY_DSN", "").strip()),
             faults_enabled=env.get("MATCRAFT_CONTRACT_FAULTS", "").strip() == "1",
             visibility_timeout=_positive_int(env, "CELERY_VISIBILITY_TIMEOUT", 3600),
+            unacked_restore_interval=_positive_int(env, "CELERY_UNACKED_RESTORE_INTERVAL", 0) or None,
             database_pool_size=_positive_int(env, "DATABASE_POOL_SIZE", 10),
         )
 

@@ -51,6 +51,22 @@ def _tls_options(url: str) -> dict[str, Any] | None:
     return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
+def _transport_options(settings: Settings) -> dict[str, Any]:
+    """Redis transport options: the visibility timeout and, when set, the restore sweep period.
+
+    Kombu sweeps for unacknowledged messages whose visibility timeout has
+    passed (those of a killed worker) only every ``unacked_restore_interval``
+    x ``unacked_restore_throttle`` seconds (about 100 s by default). With
+    ``CELERY_UNACKED_RESTORE_INTERVAL`` set, every tick of that many seconds
+    sweeps (throttle 1). Older kombu versions ignore options they do not know.
+    """
+    options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    if settings.unacked_restore_interval:
+        options["unacked_restore_interval"] = settings.unacked_restore_interval
+        options["unacked_restore_throttle"] = 1
+    return options
+
+
 app = Celery("materia")
 app.conf.update(
     broker_url=redis_url_with_db(settings.redis_url, 0),
@@ -58,7 +74,7 @@ app.conf.update(
     broker_use_ssl=_tls_options(settings.redis_url),
     redis_backend_use_ssl=_tls_options(settings.redis_url),
     broker_connection_retry_on_startup=True,
-    broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+    broker_transport_options=_transport_options(settings),
     task_serializer="json",
     result_serializer="json",
     accept_content=["json"],

@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""App-tier benchmark: job round-trip latency and API requests per second.
+
+It runs against the Molecule scenario "app" (two API hosts, two worker hosts,
+PostgreSQL and Redis, the contract application deployed by the collection's
+roles), from the scenario's client host app-redis:
+
+  make setup && .venv/bin/molecule converge -s app
+  .venv/bin/python benchmarks/app_bench.py [--jobs 100] [--duration 20] [--connections 16] [--output FILE]
+  .venv/bin/molecule destroy -s app
+
+1. Job round trip: --jobs jobs of 0 s are posted one after another to
+   app-api1 (POST /v1/jobs); each is polled (GET /v1/jobs/ID every 10 ms)
+   until its state is "done". The round trip is post -> result read back,
+   through the API, Redis, a Celery worker and PostgreSQL. p50 / p95 / max.
+2. API requests per second on one host: wrk with --connections keep-alive
+   connections for --duration seconds against app-api1:8000, on GET /health
+   (one database round trip per request) and GET /v1/campaigns (a query that
+   returns JSON rows). Median of --rounds runs; p95 latency from wrk.
+
+Bounded: every wrk run lasts --duration seconds (hard timeout +30 s); the job
+loop stops after --jobs jobs or 300 s. Traffic stays between the scenario's
+containers. Figures are printed as JSON (--output writes them to a file).
+"""
+
+import argparse
+import json
+import statistics
+import sys
+
+from benchlib import address, prepare_wrk, sh, wrk
+
+CLIENT, API = "app-redis", "app-api1"
+# Runs inside the client container (python3 of the image, no extra packages).
+ROUND_TRIP = r"""
+import json, sys, time, urllib.request
+base, count = sys.argv[1], int(sys.argv[2])
+deadline = time.monotonic() + 300
+samples = []
+def call(method, path, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base + path, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read())
+for _ in range(count):
+    if time.monotonic() > deadline:
+        break
+    start = time.monotonic()
+    job = call("POST", "/v1/jobs", {"seconds": 0, "queue": "default"})["id"]
+    while True:
+        state = call("GET", "/v1/jobs/%d" % job)["state"]
+        if state in ("done", "failed"):
+            break
+        if time.monotonic() - start > 60:
+            state = "timeout"
+            break
+        time.sleep(0.01)
+    samples.append({"ms": (time.monotonic() - start) * 1000, "state": state})
+print(json.dumps(samples))
+"""
+
+
+def percentile(values, share):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=100)
+    parser.add_argument("--duration", type=int, default=20)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--output")
+    args = parser.parse_args()
+
+    base = "http://%s:8000" % address(API)
+    prepare_wrk(CLIENT)
+    sh("docker", "exec", "-i", CLIENT, "sh", "-c", "cat > /tmp/app-roundtrip.py", stdin=ROUND_TRIP)
+
+    samples = json.loads(sh("docker", "exec", CLIENT, "python3", "/tmp/app-roundtrip.py", base, str(args.jobs),
+                            timeout=360).stdout)
+    done = [s["ms"] for s in samples if s["state"] == "done"]
+    if not done:
+        sys.exit("no job completed: %r" % samples[:5])
+    round_trip = {"jobs": len(samples), "done": len(done),
+                  "p50_ms": round(percentile(done, 0.50), 1), "p95_ms": round(percentile(done, 0.95), 1),
+                  "max_ms": round(max(done), 1)}
+
+    rps = {}
+    for path in ("/health", "/v1/campaigns"):
+        runs = [wrk(CLIENT, base + path, args.duration, args.connections) for _ in range(args.rounds)]
+        rps[path] = {"rps": round(statistics.median(r["rps"] for r in runs), 1),
+                     "p95_ms": round(statistics.median(r["p95_us"] for r in runs) / 1000, 2),
+                     "errors": sum(r["errors"] + r["non_2xx"] for r in runs), "runs": runs}
+
+    report = {"settings": vars(args), "job_round_trip": round_trip, "api_one_host": rps}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

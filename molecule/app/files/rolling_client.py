@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""A steady, bounded stream of GET requests over several API hosts, retrying on another host.
+
+usage: rolling_client.py OUT.json COUNT INTERVAL URL [URL...]
+
+Sends COUNT requests, one every INTERVAL seconds, round robin over the URLs.
+A request that fails (no connection, timeout, status other than 200) is sent
+again to the next URL, up to 2 x len(URLs) attempts with a short pause; it
+is *lost* only when every attempt failed. Writes a JSON summary to OUT.json
+(written to a temporary name first, so a reader sees all or nothing).
+Standard library only; stops by itself.
+"""
+
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+
+
+def attempt(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            response.read()
+            return response.status, None
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+    except (urllib.error.URLError, OSError) as exc:
+        return None, type(getattr(exc, "reason", exc)).__name__
+
+
+def main(out, count, interval, urls):
+    summary = {"sent": 0, "ok": 0, "lost": 0, "retried": 0, "errors": {}, "served_by": {u: 0 for u in urls}}
+    started = time.monotonic()
+    for n in range(count):
+        due = started + n * interval
+        pause = due - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        summary["sent"] += 1
+        for k in range(2 * len(urls)):
+            url = urls[(n + k) % len(urls)]
+            status, error = attempt(url)
+            if status == 200:
+                summary["ok"] += 1
+                summary["served_by"][url] += 1
+                if k:
+                    summary["retried"] += 1
+                break
+            key = error or str(status)
+            summary["errors"][key] = summary["errors"].get(key, 0) + 1
+            time.sleep(0.2)
+        else:
+            summary["lost"] += 1
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    with open(out + ".tmp", "w") as handle:
+        json.dump(summary, handle)
+    os.replace(out + ".tmp", out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4:])

@@ -1,0 +1,321 @@
+"""The application tier end to end, over the scenario's network.
+
+The client of every request is app-redis (in matcraft_monitoring, which the
+firewall lets reach the API and the worker health sidecars); app-db is an
+outsider for those ports. Tests run in file order; the release rollout and
+rollback (which run the converge playbook again) come last.
+"""
+
+import base64
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from helpers import address_of, assert_unit_running, journal, peer, probe_tcp
+
+testinfra_hosts = ["app-redis"]
+
+API_HOSTS = ("app-api1", "app-api2")
+WORKER_HOSTS = ("app-worker1", "app-worker2")
+WORKER_UNITS = ("matcraft-worker@default", "matcraft-worker@gpu")
+SCENARIO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ADDRESSES = {}
+
+
+def ip(name):
+    if name not in _ADDRESSES:
+        _ADDRESSES[name] = address_of(peer(name))
+    return _ADDRESSES[name]
+
+
+def http(client, method, url, body=None, timeout=10):
+    """(status, parsed JSON or text) of a request sent from the client host with curl."""
+    cmd = ["curl", "-sS", "--max-time", str(timeout), "-o", "/dev/stdout", "-w", "\\n%{http_code}", "-X", method]
+    if body is not None:
+        cmd += ["-H", "Content-Type: application/json", "--data", json.dumps(body)]
+    result = client.run(" ".join(["%s"] * (len(cmd) + 1)), *cmd, url)
+    text, _, status = result.stdout.rpartition("\n")
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        payload = text
+    return int(status or 0), payload
+
+
+def api(name, path=""):
+    return "http://%s:8000%s" % (ip(name), path)
+
+
+def sidecar(name, path="/health"):
+    return "http://%s:9808%s" % (ip(name), path)
+
+
+def wait_for(what, check, timeout, interval=1.0):
+    """Call check() until it returns a true value; fail after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail("timed out after %ss waiting for %s (last: %r)" % (timeout, what, last))
+
+
+def post_job(client, seconds, queue="default", via="app-api1"):
+    status, body = http(client, "POST", api(via, "/v1/jobs"), {"seconds": seconds, "queue": queue})
+    assert status == 202, body
+    return body["id"]
+
+
+def job(client, job_id, via="app-api2"):
+    status, body = http(client, "GET", api(via, "/v1/jobs/%d" % job_id))
+    assert status == 200, body
+    return body
+
+
+def wait_job_done(client, job_id, timeout):
+    return wait_for("job %s done" % job_id,
+                    lambda: (lambda j: j if j["state"] in ("done", "failed") else None)(job(client, job_id)), timeout)
+
+
+# --------------------------------------------------------------------------- deployment
+
+
+def test_release_layout_and_environment_file():
+    for name in API_HOSTS + WORKER_HOSTS:
+        node = peer(name)
+        current = node.file("/opt/matcraft/current")
+        assert current.is_symlink and current.linked_to == "/opt/matcraft/releases/1.0.0", name
+        assert node.file("/opt/matcraft/releases/1.0.0/venv/bin/python").exists
+        env = node.file("/etc/matcraft/matcraft.env")
+        assert (env.user, env.group, env.mode) == ("root", "matcraft", 0o640), name
+        content = node.run("cat /etc/matcraft/matcraft.env").stdout
+        # Credentials URL-encoded; verify-full TLS to the database.
+        assert "Qv7%2FLm%403Kp%3A9Zx%25Rt5%23Wn2%3FHy8%26Bc4Jd@" in content
+        assert "sslmode=verify-full&sslrootcert=/etc/matcraft/pki/ca.crt" in content
+        # TLS to Redis, because the Redis host offers it.
+        assert 'REDIS_URL="rediss://matcraft:Rk7%2FXw%409%3ALp%252Qz4Tn8Vb3Hm6Jd1Fs0Gc@' + ip("app-redis") + ':6380/0"' in content
+        assert 'MATCRAFT_ENV="production"' in content and 'CORS_ORIGINS="https://matcraft.example.org"' in content
+        user = node.user("matcraft")
+        assert user.shell == "/usr/sbin/nologin" and user.group == "matcraft"
+        # The code is not writable by the service user.
+        assert node.file("/opt/matcraft/releases/1.0.0/venv").user == "root"
+
+
+def test_units_run_hardened_as_the_service_user():
+    checks = {
+        "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
+        "CapabilityBoundingSet": "", "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+        "Restart": "on-failure", "User": "matcraft", "KillMode": "mixed",
+    }
+    units = [(n, "matcraft-api") for n in API_HOSTS]
+    units += [(n, u) for n in WORKER_HOSTS for u in WORKER_UNITS + ("matcraft-worker-health",)]
+    for name, unit in units:
+        node = peer(name)
+        assert_unit_running(node, unit)
+        props = node.run("systemctl show %s -p %s", unit, ",".join(checks) + ",StartLimitBurst,MainPID").stdout
+        values = dict(line.split("=", 1) for line in props.splitlines())
+        for key, want in checks.items():
+            if key == "KillMode" and unit == "matcraft-worker-health":
+                continue
+            assert values[key] == want, (name, unit, key, values[key])
+        assert int(values["StartLimitBurst"]) > 0
+        owner = node.run("ps -o user= -p %s", values["MainPID"]).stdout.strip()
+        assert owner == "matcraft", (name, unit, owner)
+    worker_show = peer("app-worker1").run("systemctl show matcraft-worker@default -p TimeoutStopUSec,KillSignal").stdout
+    assert "TimeoutStopUSec=1h 1min" in worker_show and "KillSignal=15" in worker_show
+
+
+def test_api_listens_on_the_private_address_with_two_workers():
+    for name in API_HOSTS:
+        node = peer(name)
+        listeners = node.run("ss -ltnH 'sport = :8000'").stdout.split()
+        assert "%s:8000" % ip(name) in listeners, listeners
+        workers = node.run("pgrep -u matcraft -f 'gunicorn.*materia.api:app' -c").stdout.strip()
+        assert workers == "3", "master + 2 workers expected on %s, got %s" % (name, workers)
+
+
+def test_migrations_ran_once_on_the_designated_host():
+    def upgrades(name):
+        return peer(name).run("journalctl --no-pager -o cat | grep -c 'venv/bin/materia db upgrade'").stdout.strip()
+    assert upgrades("app-api1") != "0", "the migration host app-api1 never ran the migrations"
+    for name in ("app-api2",) + WORKER_HOSTS:
+        assert upgrades(name) == "0", "%s ran the migrations" % name
+    current = peer("app-api1").run("matcraft-manage materia db current")
+    assert current.rc == 0 and "(head)" in current.stdout, current.stderr
+
+
+# --------------------------------------------------------------------------- network and health
+
+
+def test_firewall_lets_monitoring_in_and_keeps_outsiders_out(host):
+    outsider = peer("app-db")
+    for name in API_HOSTS:
+        assert probe_tcp(host, ip(name), 8000)
+        assert not probe_tcp(outsider, ip(name), 8000), "app-db reached the API on " + name
+    for name in WORKER_HOSTS:
+        assert probe_tcp(host, ip(name), 9808)
+        assert not probe_tcp(outsider, ip(name), 9808), "app-db reached the sidecar on " + name
+
+
+def test_health_is_200_on_each_api_host(host):
+    for name in API_HOSTS:
+        status, body = http(host, "GET", api(name, "/health"))
+        assert status == 200 and body == {"status": "ok"}, (name, status, body)
+
+
+def test_health_follows_the_database(host):
+    database = peer("app-db")
+    stop = database.run("systemctl stop postgresql@15-main")
+    assert stop.rc == 0, stop.stderr
+    try:
+        for name in API_HOSTS:
+            status, body = wait_for(
+                "503 from %s while PostgreSQL is stopped" % name,
+                lambda n=name: (lambda r: r if r[0] == 503 else None)(http(host, "GET", api(n, "/health"))), 30)
+            assert body["failed"] == ["database"], body
+    finally:
+        start = database.run("systemctl start postgresql@15-main")
+    assert start.rc == 0, start.stderr
+    for name in API_HOSTS:
+        wait_for("200 from %s after PostgreSQL is back" % name,
+                 lambda n=name: http(host, "GET", api(n, "/health"))[0] == 200, 60)
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def test_job_runs_on_a_worker_and_its_result_is_read_back(host):
+    job_id = post_job(host, 0.5, via="app-api1")
+    done = wait_job_done(host, job_id, 90)
+    assert done["state"] == "done", done
+    assert done["result"]["job_id"] == job_id
+    assert done["worker"] in WORKER_HOSTS and done["worker_node"].startswith("default@"), done
+
+
+def test_gpu_queue_goes_to_the_gpu_group(host):
+    job_id = post_job(host, 0.2, queue="gpu_training", via="app-api2")
+    done = wait_job_done(host, job_id, 90)
+    assert done["state"] == "done" and done["worker_node"].startswith("gpu@"), done
+
+
+def test_job_of_a_killed_worker_completes(host):
+    """A 12 s job whose worker gets SIGKILL mid-run is redelivered and completes (late ack)."""
+    job_id = post_job(host, 12)
+    running = wait_for("job %s running" % job_id,
+                       lambda: (lambda j: j if j["state"] == "running" else None)(job(host, job_id)), 60, 0.5)
+    time.sleep(2)
+    worker = peer(running["worker"])
+    group = running["worker_node"].split("@")[0]
+    unit = "matcraft-worker@%s" % group
+    kill = worker.run("systemctl kill --signal=SIGKILL %s", unit)
+    assert kill.rc == 0, kill.stderr
+    done = wait_job_done(host, job_id, 180)
+    assert done["state"] == "done", done
+    assert done["attempts"] >= 2, "the job was not run again after the kill: %r" % done
+    # systemd restarted the killed worker.
+    wait_for("%s running again on %s" % (unit, running["worker"]),
+             lambda: worker.run("systemctl is-active %s", unit).stdout.strip() == "active", 60)
+    wait_for("sidecar of %s healthy again" % running["worker"],
+             lambda: http(host, "GET", sidecar(running["worker"]))[0] == 200, 90, 2)
+
+
+def test_sidecar_reports_a_stopped_worker(host):
+    worker = peer("app-worker1")
+    status, body = http(host, "GET", sidecar("app-worker1"))
+    assert status == 200 and body["status"] == "ok", body
+    metrics = http(host, "GET", sidecar("app-worker1", "/metrics"))[1]
+    assert "matcraft_worker_up" in metrics
+    stop = worker.run("systemctl stop matcraft-worker@default")
+    assert stop.rc == 0, stop.stderr
+    try:
+        status, body = wait_for(
+            "503 from the sidecar while the worker is stopped",
+            lambda: (lambda r: r if r[0] == 503 else None)(http(host, "GET", sidecar("app-worker1"))), 30)
+        assert "node:default@app-worker1" in body["failed"], body
+    finally:
+        start = worker.run("systemctl start matcraft-worker@default")
+    assert start.rc == 0, start.stderr
+    wait_for("200 from the sidecar after the worker is back",
+             lambda: http(host, "GET", sidecar("app-worker1"))[0] == 200, 90, 2)
+
+
+# --------------------------------------------------------------------------- restarts and releases
+
+
+def test_rolling_restart_loses_no_request(host):
+    """300 requests over ~30 s through both API hosts (retry on the other) while each restarts in turn."""
+    script = open(os.path.join(SCENARIO_DIR, "files", "rolling_client.py"), "rb").read()
+    host.run("rm -f /var/tmp/rolling.json")
+    put = host.run("echo %s | base64 -d > /var/tmp/rolling_client.py", base64.b64encode(script).decode())
+    assert put.rc == 0, put.stderr
+    pids = {n: peer(n).run("systemctl show -p MainPID --value matcraft-api").stdout.strip() for n in API_HOSTS}
+    host.run("systemctl reset-failed app-rolling-client")
+    start = host.run(
+        "systemd-run --unit=app-rolling-client --property=RuntimeMaxSec=300 "
+        "python3 /var/tmp/rolling_client.py /var/tmp/rolling.json 300 0.1 %s %s",
+        api("app-api1", "/health"), api("app-api2", "/health"))
+    assert start.rc == 0, start.stderr
+    time.sleep(3)
+    for name in API_HOSTS:
+        restart = peer(name).run("systemctl restart matcraft-api")
+        assert restart.rc == 0, "%s: %s\n%s" % (name, restart.stderr, journal(peer(name), "matcraft-api"))
+        time.sleep(2)
+    result = wait_for("the client's summary",
+                      lambda: host.file("/var/tmp/rolling.json").exists and host.file("/var/tmp/rolling.json").content_string,
+                      240, 2)
+    summary = json.loads(result)
+    for name in API_HOSTS:
+        new_pid = peer(name).run("systemctl show -p MainPID --value matcraft-api").stdout.strip()
+        assert new_pid not in ("0", pids[name]), "%s was not restarted" % name
+    assert summary["sent"] == 300 and summary["lost"] == 0 and summary["ok"] == 300, summary
+
+
+def converge(*extra):
+    """Run the scenario's converge playbook again (the application plays only)."""
+    inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
+    cmd = ["ansible-playbook", "-i", inventory, os.path.join(SCENARIO_DIR, "converge.yml"),
+           "--skip-tags", "baseline,data_tier"] + list(extra)
+    run = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=1800)
+    assert run.returncode == 0, "converge %s failed:\n%s\n%s" % (extra, run.stdout[-12000:], run.stderr[-3000:])
+    return run.stdout
+
+
+def test_new_release_rolls_out_and_back(host):
+    built = {n: peer(n).run("stat -c %%Y /opt/matcraft/releases/1.0.0/.release.json").stdout.strip()
+             for n in API_HOSTS + WORKER_HOSTS}
+    converge("-e", "app_version=1.0.1")
+    for name in API_HOSTS + WORKER_HOSTS:
+        assert peer(name).file("/opt/matcraft/current").linked_to == "/opt/matcraft/releases/1.0.1", name
+    for name in API_HOSTS:
+        status, body = http(host, "GET", api(name, "/"))
+        assert status == 200 and body["version"] == "1.0.1", (name, body)
+        assert http(host, "GET", api(name, "/health"))[0] == 200
+    job_id = post_job(host, 0.2)
+    assert wait_job_done(host, job_id, 90)["state"] == "done"
+    for name in WORKER_HOSTS:
+        # The worker's interpreter is the release's own (the console script's shebang).
+        cmdline = peer(name).run(
+            "tr '\\0' ' ' < /proc/$(systemctl show -p MainPID --value matcraft-worker@default)/cmdline").stdout
+        assert cmdline.startswith("/opt/matcraft/releases/1.0.1/venv/bin/python"), (name, cmdline)
+
+    # Rolling back: the earlier version again; its release is on disk, so only the link moves.
+    converge()
+    for name in API_HOSTS + WORKER_HOSTS:
+        node = peer(name)
+        assert node.file("/opt/matcraft/current").linked_to == "/opt/matcraft/releases/1.0.0", name
+        assert node.run("stat -c %%Y /opt/matcraft/releases/1.0.0/.release.json").stdout.strip() == built[name], \
+            "release 1.0.0 was rebuilt on %s instead of reused" % name
+        assert node.file("/opt/matcraft/releases/1.0.1").is_directory, "the newer release is kept on " + name
+    for name in API_HOSTS:
+        status, body = http(host, "GET", api(name, "/"))
+        assert status == 200 and body["version"] == "1.0.0", (name, body)
+        assert http(host, "GET", api(name, "/health"))[0] == 200
+    for name in WORKER_HOSTS:
+        assert http(host, "GET", sidecar(name))[0] == 200
+    job_id = post_job(host, 0.2)
+    assert wait_job_done(host, job_id, 90)["state"] == "done"
