@@ -38,7 +38,7 @@ def playbook(name, **extra_vars):
     """Run one of the collection's playbooks against the scenario's inventory."""
     env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_CALLBACK_RESULT_FORMAT="json",
                ANSIBLE_COLLECTIONS_PATH=os.path.join(PROJECT, ".cache", "collections"))
-    cmd = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], os.path.join(PLAYBOOKS, name)]
+    cmd = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], os.path.join(PLAYBOOKS, name)]  # an absolute name wins
     if extra_vars:
         cmd += ["-e", json.dumps(extra_vars)]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800, check=False)
@@ -77,6 +77,21 @@ def test_server_settings():
     assert settings["random_page_cost"] == "1.1"
     assert settings["listen_addresses"] == "localhost,%s" % address_of(db())
     assert sql("SELECT count(*) FROM pg_settings WHERE pending_restart", "postgres") == "0"
+
+
+def test_role_alone_on_the_database_host_changes_nothing():
+    """A play on matcraft_database only (no facts of the application host in
+    that run) learns the client addresses itself and finds nothing to change."""
+    with tempfile.TemporaryDirectory() as workdir:
+        play = os.path.join(workdir, "database_only.yml")
+        with open(play, "w") as handle:
+            handle.write("- name: PostgreSQL alone\n  hosts: matcraft_database\n  roles:\n"
+                         "    - role: matcraft.deploy.postgresql\n")
+        run = playbook(play)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    recap = [line for line in run.stdout.splitlines() if line.startswith("pg-db ")]
+    assert recap and "changed=0" in recap[-1] and "failed=0" in recap[-1], run.stdout[-4000:]
+    assert "-> pg-app]" in run.stdout, "the application host's facts were not gathered"
 
 
 def test_app_user_connects_with_tls_and_is_not_superuser():
