@@ -7,8 +7,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 COLLECTION_LINK := .cache/collections/ansible_collections/matcraft/deploy
-# Every Molecule scenario `make test` runs, in order (fast ones first).
-SCENARIOS ?= preflight common pki redis postgresql
+# Every Molecule scenario `make test` runs, longest first; SCENARIO_JOBS of
+# them run side by side (each has its own containers and network).
+SCENARIOS ?= app edge postgresql replica redis pki common preflight
+SCENARIO_JOBS ?= 2
 SCENARIO ?=
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.cache/collections
 export PATH := $(CURDIR)/$(BIN):$(PATH)
@@ -59,8 +61,8 @@ molecule: venv testbed ## Run one scenario: make molecule SCENARIO=name
 	molecule test -s $(SCENARIO)
 
 .PHONY: scenarios
-scenarios: venv testbed ## Run every Molecule scenario
-	@for s in $(SCENARIOS); do echo "=== molecule scenario $$s ==="; molecule test -s $$s || exit 1; done
+scenarios: venv testbed ## Run every Molecule scenario (SCENARIO_JOBS at a time)
+	tests/testbed/scenarios.sh -j $(SCENARIO_JOBS) $(SCENARIOS)
 
 .PHONY: build
 build: venv ## Build the Galaxy tarball

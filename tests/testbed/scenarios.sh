@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Run Molecule scenarios, several at a time, and print one summary.
+#
+#   tests/testbed/scenarios.sh [-j JOBS] SCENARIO...
+#
+# Every scenario has its own containers (names prefixed by the scenario) and
+# its own Docker network, so scenarios can run side by side. Each one's full
+# output goes to .cache/molecule-logs/<scenario>.log; when it ends, its
+# outcome and duration are printed, and for a failure the last 150 lines of
+# its log. Scenarios are started in the order given (put the longest first
+# to finish sooner). Exit status: 0 when every scenario passed.
+set -uo pipefail
+
+jobs=2
+if [ "${1:-}" = "-j" ]; then jobs=$2; shift 2; fi
+[ "$#" -gt 0 ] || { echo "usage: $0 [-j JOBS] SCENARIO..." >&2; exit 2; }
+[[ "$jobs" =~ ^[1-9][0-9]*$ ]] || { echo "scenarios.sh: -j needs a positive number, got '$jobs'" >&2; exit 2; }
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+logs="$root/.cache/molecule-logs"
+mkdir -p "$logs"
+rm -f "$logs"/*.log "$logs"/*.result
+
+run_one() {
+  local name=$1 start rc
+  start=$(date +%s)
+  echo "=== scenario $name: started" >&2
+  (cd "$root" && molecule test -s "$name") >"$logs/$name.log" 2>&1
+  rc=$?
+  echo "$rc $(( $(date +%s) - start ))" >"$logs/$name.result"
+  if [ "$rc" -eq 0 ]; then
+    echo "=== scenario $name: passed in $(( $(date +%s) - start )) s" >&2
+  else
+    {
+      echo "=== scenario $name: FAILED (exit $rc) in $(( $(date +%s) - start )) s; last lines of $logs/$name.log:"
+      tail -n 150 "$logs/$name.log"
+      echo "=== end of scenario $name"
+    } >&2
+  fi
+}
+
+declare -A pids=()
+for name in "$@"; do
+  [ -f "$root/molecule/$name/molecule.yml" ] || { echo "scenarios.sh: no scenario '$name' under molecule/" >&2; exit 2; }
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
+  run_one "$name" &
+  pids[$name]=$!
+done
+wait
+
+passed=0 failed=0 failed_names=""
+for name in "$@"; do
+  read -r rc seconds <"$logs/$name.result" 2>/dev/null || { rc=1; seconds=0; }
+  printf '  %-12s %-7s %5s s\n' "$name" "$([ "$rc" -eq 0 ] && echo passed || echo FAILED)" "$seconds"
+  if [ "$rc" -eq 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); failed_names+=" $name"; fi
+done
+[ -z "$failed_names" ] || echo "failed scenarios:$failed_names (logs in $logs)"
+echo "scenarios: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
