@@ -10,7 +10,10 @@ ansible.builtin.template would, without Ansible:
 - values that are templates themselves ("{{ 2 * other_var }}") are rendered
   iteratively, each once the values it refers to are rendered (Ansible
   resolves them lazily; the result is the same without cycles, and a cycle or
-  an undefined reference is an error). A value that is exactly one
+  an undefined reference is an error). Like Ansible, only the variables the
+  templates use (directly or through other variables) are resolved: defaults
+  of the role that refer to inventory inputs (matcraft_domain, host facts)
+  stay as they are. A value that is exactly one
   "{{ expression }}" keeps its native type (int, list, ...) as in ansible-core
   2.19; anything else becomes a string;
 - Jinja2 settings of the template module: trim_blocks=True,
@@ -120,16 +123,37 @@ def _references(env, value):
     return names
 
 
-def resolve(variables):
+def needed_variables(variables):
+    """Names the templates use, directly or through the values of other variables."""
+    env = _environment()
+    names = set()
+    for template in TEMPLATES:
+        source = (ROLE / "templates" / template).read_text(encoding="utf-8")
+        names |= jinja2.meta.find_undeclared_variables(env.parse(source))
+    pending = list(names)
+    while pending:
+        name = pending.pop()
+        if name not in variables:
+            continue
+        for ref in _references(env, variables[name]):
+            if ref not in names:
+                names.add(ref)
+                pending.append(ref)
+    return names
+
+
+def resolve(variables, only=None):
     """Render templated values once everything they refer to is resolved.
 
     Like Ansible's lazy templating: a value is rendered only after the values
     it refers to are plain data, so `x | int` never sees an unrendered
-    "{{ ... }}" string. Undefined references and cycles are errors.
+    "{{ ... }}" string. Undefined references and cycles are errors. With
+    `only`, just those names (and what they refer to) are resolved.
     """
     env = _environment()
     current = dict(variables)
-    pending = {name for name, value in current.items() if _contains_template(value)}
+    pending = {name for name, value in current.items()
+               if _contains_template(value) and (only is None or name in only)}
     while pending:
         progressed = False
         for name in sorted(pending):
@@ -161,7 +185,7 @@ def load_vars(extra_vars_files=()):
     variables.update(load_yaml(DEFAULTS))
     for path in extra_vars_files:
         variables.update(load_yaml(path))
-    return resolve(variables)
+    return resolve(variables, only=needed_variables(variables))
 
 
 def render_template(name, variables):
