@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 COLLECTION_LINK := .cache/collections/ansible_collections/matcraft/deploy
 # Every Molecule scenario `make test` runs, longest first; SCENARIO_JOBS of
 # them run side by side (each has its own containers and network).
-SCENARIOS ?= app monitoring edge postgresql replica redis pki common preflight
+SCENARIOS ?= app backup_repos monitoring edge postgresql replica redis pki common preflight
 SCENARIO_JOBS ?= 2
 SCENARIO ?=
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.cache/collections

@@ -1,0 +1,258 @@
+"""pgBackRest with remote repositories: br-db archives WAL over SSH to the
+backup host br-backup, which holds the repository and runs the backups;
+br-db-s3 backs up into an S3-compatible object store (moto behind nginx with
+a pki certificate on br-backup). Backups and WAL reach each repository, none
+stay on the database hosts, and both restore through playbooks/restore.yml:
+point in time from the backup host, the latest state from the object store.
+
+Tests run in file order: the restore tests build on each other."""
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+
+import yaml
+
+from helpers import address_of, peer
+
+PROJECT = os.environ.get("MOLECULE_PROJECT_DIRECTORY", os.getcwd())
+PLAYBOOKS = os.path.join(PROJECT, "playbooks")
+STANZA = "matcraft"
+LOCAL_REPO = "/var/lib/pgbackrest"
+BUCKET = "matcraft-backups"
+
+
+def sql(name, query, database="matcraft"):
+    """Run SQL as postgres on a database host; return stdout (stripped)."""
+    result = peer(name).run("runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d %s -c %s", database, query)
+    assert result.rc == 0, "%s on %s\n%s" % (query, name, result.stderr)
+    return result.stdout.strip()
+
+
+def pgbackrest(name, user, *args):
+    return peer(name).run("runuser -u %s -- pgbackrest --stanza=%s " + " ".join(["%s"] * len(args)),
+                          user, STANZA, *args)
+
+
+def info(name, user):
+    got = pgbackrest(name, user, "--output=json", "info")
+    assert got.rc == 0, got.stdout + got.stderr
+    return json.loads(got.stdout)[0]
+
+
+def timeline(name):
+    return int(sql(name, "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)", "postgres"), 16)
+
+
+def switch_and_wait_archived(name, timeout=120):
+    """Close the current WAL segment and wait until pgBackRest has archived it."""
+    segment = sql(name, "SELECT pg_walfile_name(pg_switch_wal())", "postgres")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        archived = sql(name, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver", "postgres")
+        if archived[:24] >= segment:
+            return segment
+        time.sleep(1)
+    raise AssertionError("segment %s of %s not archived within %d s: %s" % (
+        segment, name, timeout, sql(name, "SELECT * FROM pg_stat_archiver", "postgres")))
+
+
+def playbook(name, inventory=None, **extra_vars):
+    """Run one of the collection's playbooks against the scenario's inventory."""
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_CALLBACK_RESULT_FORMAT="json",
+               ANSIBLE_COLLECTIONS_PATH=os.path.join(PROJECT, ".cache", "collections"))
+    cmd = ["ansible-playbook", "-i", inventory or os.environ["MOLECULE_INVENTORY_FILE"], os.path.join(PLAYBOOKS, name)]
+    if extra_vars:
+        cmd += ["-e", json.dumps(extra_vars)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800, check=False)
+
+
+def s3_keys(prefix):
+    """Object keys in the test bucket, listed on the object store itself."""
+    script = ("import boto3; s3 = boto3.client('s3', endpoint_url='http://127.0.0.1:5000', region_name='us-east-1', "
+              "aws_access_key_id='fixture', aws_secret_access_key='fixture'); "
+              "p = s3.get_paginator('list_objects_v2'); "
+              "print('\\n'.join(o['Key'] for page in p.paginate(Bucket='%s', Prefix='%s') "
+              "for o in page.get('Contents', [])))" % (BUCKET, prefix))
+    got = peer("br-backup").run("/opt/moto/bin/python -c %s", script)
+    assert got.rc == 0, got.stderr
+    return got.stdout.split()
+
+
+def assert_no_local_repository(name):
+    repo = peer(name).file(LOCAL_REPO)
+    if repo.exists:
+        listing = peer(name).check_output("find %s -mindepth 1", LOCAL_REPO)
+        assert listing == "", "backup files on the database host %s:\n%s" % (name, listing)
+
+
+# --- host: a dedicated backup host over SSH ---------------------------------
+
+def test_backup_host_holds_the_repository_and_a_full_backup():
+    backup = peer("br-backup")
+    stanza = info("br-backup", "pgbackrest")
+    assert stanza["status"]["code"] == 0, stanza["status"]
+    assert [b for b in stanza["backup"] if b["type"] == "full"], stanza["backup"]
+    repo = backup.file(LOCAL_REPO + "/backup/" + STANZA)
+    assert repo.is_directory and repo.user == "pgbackrest", repo
+    conf = backup.file("/etc/pgbackrest/pgbackrest.conf")
+    assert conf.user == "root" and conf.group == "pgbackrest" and conf.mode == 0o640
+    content = conf.content_string
+    assert "pg1-host=%s\n" % address_of(peer("br-db")) in content, content
+    assert "pg1-path=/var/lib/postgresql/15/main\n" in content
+    assert "repo1-retention-full-type=time\n" in content and "repo1-retention-full=7\n" in content
+    # The database host points at the backup host and holds no repository.
+    db_conf = peer("br-db").file("/etc/pgbackrest/pgbackrest.conf").content_string
+    assert "repo1-host=%s\n" % address_of(backup) in db_conf, db_conf
+    assert_no_local_repository("br-db")
+
+
+def test_backup_timer_runs_on_the_backup_host_only():
+    backup = peer("br-backup")
+    timer = backup.service("matcraft-pgbackrest-full.timer")
+    assert timer.is_enabled and timer.is_running
+    unit = backup.check_output("systemctl cat matcraft-pgbackrest@.service")
+    assert "User=pgbackrest" in unit and "ExecCondition" not in unit
+    metric = backup.file("/var/lib/prometheus/node-exporter/matcraft_backup.prom")
+    assert metric.exists and 'matcraft_backup_last_success_timestamp_seconds{type="full"}' in metric.content_string
+    db = peer("br-db")
+    assert not db.file("/etc/systemd/system/matcraft-pgbackrest-full.timer").exists
+    listed = db.run("systemctl list-timers --all --no-pager")
+    assert "matcraft-pgbackrest" not in listed.stdout, listed.stdout
+
+
+def test_ssh_trust_is_restricted_and_host_keys_are_pinned():
+    db, backup = peer("br-db"), peer("br-backup")
+    db_address, backup_address = address_of(db), address_of(backup)
+    for host, path, source in ((db, "/var/lib/postgresql/.ssh/authorized_keys", backup_address),
+                               (backup, "/home/pgbackrest/.ssh/authorized_keys", db_address)):
+        keys = [line for line in host.file(path).content_string.splitlines() if line and not line.startswith("#")]
+        assert keys and all(line.startswith('restrict,from="%s" ssh-ed25519 ' % source) for line in keys), keys
+    strict = "-o BatchMode=yes -o StrictHostKeyChecking=yes"
+    there = db.run("runuser -u postgres -- ssh %s pgbackrest@%s true" % (strict, backup_address))
+    assert there.rc == 0, there.stderr
+    back = backup.run("runuser -u pgbackrest -- ssh %s postgres@%s true" % (strict, db_address))
+    assert back.rc == 0, back.stderr
+    # restrict: no terminal for the peer's key
+    pty = db.run("runuser -u postgres -- ssh -tt %s pgbackrest@%s tty" % (strict, backup_address))
+    assert "PTY allocation request failed" in pty.stderr, pty.stdout + pty.stderr
+    # nothing turns host key checking off
+    relaxed = db.run("grep -rsi 'StrictHostKeyChecking *no' /etc/ssh /var/lib/postgresql/.ssh")
+    assert relaxed.rc == 1, relaxed.stdout
+
+
+def test_wal_archiving_reaches_the_backup_host():
+    for name, user in (("br-db", "postgres"), ("br-backup", "pgbackrest")):
+        check = pgbackrest(name, user, "check")
+        assert check.rc == 0, "%s: %s" % (name, check.stdout + check.stderr)
+    segment = switch_and_wait_archived("br-db")
+    found = peer("br-backup").run("find %s/archive/%s -name '%s-*'", LOCAL_REPO, STANZA, segment)
+    assert found.rc == 0 and found.stdout.strip(), "segment %s is not in the backup host's repository" % segment
+    assert_no_local_repository("br-db")
+
+
+def test_point_in_time_restore_from_the_backup_host():
+    sql("br-db", "DROP TABLE IF EXISTS pitr_probe; CREATE TABLE pitr_probe (id serial PRIMARY KEY, label text NOT NULL)")
+    backups_before = len(info("br-backup", "pgbackrest")["backup"])
+    backup = playbook("backup.yml", backup_type="full")
+    assert backup.returncode == 0, backup.stdout[-3000:]
+    assert len(info("br-backup", "pgbackrest")["backup"]) == backups_before + 1
+    sql("br-db", "INSERT INTO pitr_probe (label) SELECT 'marker' FROM generate_series(1, 5)")
+    target = sql("br-db", "SELECT clock_timestamp()", "postgres")
+    time.sleep(2)
+    sql("br-db", "INSERT INTO pitr_probe (label) SELECT 'later' FROM generate_series(1, 3)")
+    switch_and_wait_archived("br-db")
+    before = timeline("br-db")
+
+    run = playbook("restore.yml", restore_confirm="br-db", restore_target_time=target)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert "Timeline %d -> %d" % (before, before + 1) in run.stdout, run.stdout[-3000:]
+    assert "from backup set unknown" not in run.stdout, run.stdout[-3000:]
+    assert sql("br-db", "SELECT count(*) FILTER (WHERE label = 'marker') || '|' || "
+                        "count(*) FILTER (WHERE label = 'later') FROM pitr_probe") == "5|0"
+    assert sql("br-db", "SELECT pg_is_in_recovery()", "postgres") == "f"
+    # The restored primary keeps archiving to the backup host on its new timeline.
+    sql("br-db", "INSERT INTO pitr_probe (label) VALUES ('after-restore')")
+    switch_and_wait_archived("br-db")
+    assert_no_local_repository("br-db")
+
+
+# --- s3: an S3-compatible object store over verified TLS --------------------
+
+def test_object_store_holds_a_full_backup_and_the_archive():
+    db = peer("br-db-s3")
+    conf = db.file("/etc/pgbackrest/pgbackrest.conf")
+    assert conf.user == "root" and conf.group == "postgres" and conf.mode == 0o640
+    content = db.check_output("cat /etc/pgbackrest/pgbackrest.conf")
+    assert "repo1-type=s3\n" in content and "repo1-s3-uri-style=path\n" in content
+    assert "repo1-storage-verify-tls=y\n" in content, content
+    # The secret is in the 0640 file only, never on a command line.
+    secret = [line for line in content.splitlines() if line.startswith("repo1-s3-key-secret=")]
+    assert len(secret) == 1 and len(secret[0]) > len("repo1-s3-key-secret=")
+    assert secret[0].split("=", 1)[1] not in db.check_output("ps -eo args")
+    stanza = info("br-db-s3", "postgres")
+    assert stanza["status"]["code"] == 0, stanza["status"]
+    assert [b for b in stanza["backup"] if b["type"] == "full"], stanza["backup"]
+    check = pgbackrest("br-db-s3", "postgres", "check")
+    assert check.rc == 0, check.stdout + check.stderr
+    segment = switch_and_wait_archived("br-db-s3")
+    keys = s3_keys("matcraft/")
+    assert [k for k in keys if k.startswith("matcraft/backup/%s/" % STANZA) and k.endswith("backup.manifest")], keys
+    assert [k for k in keys if k.startswith("matcraft/archive/%s/" % STANZA) and "/%s-" % segment in k], keys
+    assert_no_local_repository("br-db-s3")
+    timer = db.service("matcraft-pgbackrest-full.timer")
+    assert timer.is_enabled and timer.is_running
+
+
+def test_object_store_certificate_is_verified():
+    """pgBackRest verifies the object store's certificate: trusting another CA
+    only, the same repository is refused."""
+    listing = pgbackrest("br-db-s3", "postgres", "repo-ls")
+    assert listing.rc == 0 and "archive" in listing.stdout.split(), listing.stdout + listing.stderr
+    other_ca = "/usr/share/ca-certificates/mozilla/ISRG_Root_X1.crt"
+    assert peer("br-db-s3").file(other_ca).exists
+    refused = pgbackrest("br-db-s3", "postgres", "--repo1-storage-ca-file=" + other_ca, "repo-ls")
+    assert refused.rc != 0, refused.stdout
+    assert "certificate" in (refused.stdout + refused.stderr).lower(), refused.stdout + refused.stderr
+
+
+def test_restore_latest_from_the_object_store_after_losing_the_data():
+    sql("br-db-s3", "DROP TABLE IF EXISTS loss_probe; CREATE TABLE loss_probe (id serial PRIMARY KEY); "
+                    "INSERT INTO loss_probe SELECT FROM generate_series(1, 4)")
+    switch_and_wait_archived("br-db-s3")
+    db = peer("br-db-s3")
+    # The disk of the database is lost.
+    lost = db.run("systemctl stop postgresql@15-main && rm -rf /var/lib/postgresql/15/main")
+    assert lost.rc == 0, lost.stderr
+    with tempfile.TemporaryDirectory() as workdir:
+        inventory = s3_primary_inventory(workdir)
+        refused = playbook("restore.yml", inventory)
+        assert refused.returncode != 0, refused.stdout[-3000:]
+        assert "restore_confirm=br-db-s3" in refused.stdout + refused.stderr, refused.stderr[-3000:]
+        run = playbook("restore.yml", inventory, restore_confirm="br-db-s3")
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert "from backup set unknown" not in run.stdout, run.stdout[-3000:]
+    assert sql("br-db-s3", "SELECT count(*) FROM loss_probe") == "4"
+    assert sql("br-db-s3", "SELECT pg_is_in_recovery()", "postgres") == "f"
+    sql("br-db-s3", "INSERT INTO loss_probe DEFAULT VALUES")
+    switch_and_wait_archived("br-db-s3")
+    assert_no_local_repository("br-db-s3")
+
+
+def s3_primary_inventory(workdir):
+    """The scenario's inventory with br-db-s3 as the one host of
+    matcraft_database (restore.yml restores that group's host)."""
+    with open(os.environ["MOLECULE_INVENTORY_FILE"]) as handle:
+        inventory = yaml.safe_load(handle)
+    for name, group in inventory.items():
+        if name == "matcraft_database":
+            group["hosts"] = {"br-db-s3": {}}
+    path = os.path.join(workdir, "hosts.yml")
+    with open(path, "w") as handle:
+        yaml.safe_dump(inventory, handle)
+    scenario = os.environ["MOLECULE_SCENARIO_DIRECTORY"]
+    for part in ("group_vars", "host_vars"):
+        os.symlink(os.path.join(scenario, part), os.path.join(workdir, part))
+    return path
