@@ -106,6 +106,25 @@ def test_release_layout_and_environment_file():
         assert node.file("/opt/matcraft/releases/1.0.0/venv").user == "root"
 
 
+def test_air_gapped_host_installed_from_its_wheelhouse_only():
+    """app-worker2 (app_install_source: wheelhouse) has the wheelhouse in its release and its
+    virtualenv holds exactly the versions of those wheels: pip ran with --no-index."""
+    node = peer("app-worker2")
+    record = json.loads(node.file("/opt/matcraft/releases/1.0.0/.release.json").content_string)
+    assert record["source"] == "wheelhouse" and record["wheelhouse"], record
+    assert "matcraft_contract-1.0.0-py3-none-any.whl" in record["wheelhouse"]
+    assert not node.file("/opt/matcraft/releases/1.0.0/wheels").exists
+    listed = node.run("/opt/matcraft/releases/1.0.0/venv/bin/python -m pip list --format=json "
+                      "--disable-pip-version-check --exclude pip --exclude setuptools")
+    assert listed.rc == 0, listed.stderr
+    def canonical(name):
+        return name.lower().replace("_", "-").replace(".", "-")
+    wheels = {canonical(w.split("-")[0]): w.split("-")[1] for w in record["wheelhouse"]}
+    for package in json.loads(listed.stdout):
+        name = canonical(package["name"])
+        assert wheels.get(name) == package["version"], "%s %s is not from the wheelhouse" % (name, package["version"])
+
+
 def test_units_run_hardened_as_the_service_user():
     checks = {
         "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
