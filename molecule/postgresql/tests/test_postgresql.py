@@ -10,6 +10,8 @@ import subprocess
 import tempfile
 import time
 
+import pytest
+
 from helpers import address_of, peer, probe_tcp
 
 PROJECT = os.environ.get("MOLECULE_PROJECT_DIRECTORY", os.getcwd())
@@ -173,6 +175,31 @@ def test_point_in_time_restore():
     assert sql("SELECT pg_is_in_recovery()", "postgres") == "f"
     # The restored primary takes writes and keeps archiving on its new timeline.
     sql("INSERT INTO pitr_probe (label) VALUES ('after-restore')")
+    switch_and_wait_archived()
+
+
+@pytest.mark.parametrize("target", ["name", "xid"])
+def test_restore_to_a_named_point_or_a_transaction(target):
+    """restore_target_name and restore_target_xid: the rows up to that point survive, later ones do not."""
+    label = "%s-%d" % (target, time.time_ns())
+    sql("INSERT INTO pitr_probe (label) VALUES ('%s-kept')" % label)
+    if target == "name":
+        sql("SELECT pg_create_restore_point('%s')" % label, "postgres")
+        extra = {"restore_target_name": label}
+    else:
+        # The xid of the transaction that wrote the last row to keep (recovery_target_inclusive).
+        xid = sql("INSERT INTO pitr_probe (label) VALUES ('%s-xid') RETURNING xmin" % label)
+        extra = {"restore_target_xid": xid.splitlines()[-1].strip()}
+    sql("INSERT INTO pitr_probe (label) VALUES ('%s-later')" % label)
+    switch_and_wait_archived()
+    before = timeline()
+    run = playbook("restore.yml", restore_confirm="pg-db", **extra)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert "Timeline %d -> %d" % (before, before + 1) in run.stdout, run.stdout[-3000:]
+    kept = sql("SELECT count(*) FILTER (WHERE label = '%s-kept') || '|' || count(*) FILTER (WHERE label = '%s-later') "
+               "FROM pitr_probe" % (label, label))
+    assert kept == "1|0", kept
+    sql("INSERT INTO pitr_probe (label) VALUES ('after-%s')" % label)
     switch_and_wait_archived()
 
 
