@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 
@@ -19,6 +21,18 @@ def assert_unit_running(host, unit):
             unit, host.backend.get_hostname(), status, journal(host, unit)))
     assert service.is_enabled, "%s is running but not enabled at boot on %s" % (
         unit, host.backend.get_hostname())
+
+
+def wait_for(what, check, timeout, interval=1.0):
+    """Call check() until it returns a true value and return that; fail with `what` after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail("timed out after %ss waiting for %s (last: %r)" % (timeout, what, last))
 
 
 def probe_tcp(host, address, port, timeout=3):

@@ -12,9 +12,7 @@ import os
 import subprocess
 import time
 
-import pytest
-
-from helpers import address_of, assert_unit_running, journal, peer, probe_tcp
+from helpers import address_of, assert_unit_running, journal, peer, probe_tcp, wait_for
 
 testinfra_hosts = ["app-redis"]
 
@@ -51,18 +49,6 @@ def api(name, path=""):
 
 def sidecar(name, path="/health"):
     return "http://%s:9808%s" % (ip(name), path)
-
-
-def wait_for(what, check, timeout, interval=1.0):
-    """Call check() until it returns a true value; fail after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail("timed out after %ss waiting for %s (last: %r)" % (timeout, what, last))
 
 
 def post_job(client, seconds, queue="default", via="app-api1"):

@@ -4,10 +4,10 @@ queried from the monitoring host, the test webhook receiver, waiting."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
+import helpers
 from helpers import peer, probe_tcp
 
 MON = "monitoring-mon"
@@ -69,15 +69,8 @@ def alertmanager_get(path):
 
 
 def wait_for(what, check, timeout, interval=3):
-    """Call check() until it returns something true; fail with `what` after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError("timed out after %ss waiting for %s (last: %r)" % (timeout, what, last))
+    """helpers.wait_for with this scenario's 3 s polling interval."""
+    return helpers.wait_for(what, check, timeout, interval)
 
 
 def webhook_notifications():
