@@ -229,6 +229,24 @@ def test_job_of_a_killed_worker_completes(host):
              lambda: http(host, "GET", sidecar(running["worker"]))[0] == 200, 90, 2)
 
 
+def test_restart_drains_the_running_job(host):
+    """A restart is a warm shutdown: the job the worker is running finishes there, once, before it stops."""
+    job_id = post_job(host, 6)
+    running = wait_for("job %s running" % job_id,
+                       lambda: (lambda j: j if j["state"] == "running" else None)(job(host, job_id)), 60, 0.5)
+    worker = peer(running["worker"])
+    unit = "matcraft-worker@%s" % running["worker_node"].split("@")[0]
+    old_pid = worker.run("systemctl show -p MainPID --value %s", unit).stdout.strip()
+    restart = worker.run("systemctl restart %s", unit)  # returns once the old worker has stopped
+    assert restart.rc == 0, restart.stderr
+    done = job(host, job_id)
+    assert done["state"] == "done", "the restart did not wait for the running job: %r" % done
+    assert done["attempts"] == 1 and done["worker"] == running["worker"], done
+    assert worker.run("systemctl show -p MainPID --value %s", unit).stdout.strip() != old_pid
+    wait_for("sidecar of %s healthy after the restart" % running["worker"],
+             lambda: http(host, "GET", sidecar(running["worker"]))[0] == 200, 90, 2)
+
+
 def test_sidecar_reports_a_stopped_worker(host):
     worker = peer("app-worker1")
     status, body = http(host, "GET", sidecar("app-worker1"))
