@@ -75,7 +75,7 @@ def main():
     parser.add_argument("--output")
     args = parser.parse_args()
 
-    base = "http://%s:8000" % address(API)
+    base = "https://%s:8000" % address(API)
     prepare_wrk(CLIENT)
     sh("docker", "exec", "-i", CLIENT, "sh", "-c", "cat > /tmp/app-roundtrip.py", stdin=ROUND_TRIP)
 

@@ -44,7 +44,8 @@ def http(client, method, url, body=None, timeout=10):
 
 
 def api(name, path=""):
-    return "http://%s:8000%s" % (ip(name), path)
+    # HTTPS with the host's pki certificate; the client trusts the internal CA system-wide.
+    return "https://%s:8000%s" % (ip(name), path)
 
 
 def sidecar(name, path="/health"):
@@ -142,6 +143,21 @@ def test_api_listens_on_the_private_address_with_two_workers():
         assert "%s:8000" % ip(name) in listeners, listeners
         workers = node.run("pgrep -u matcraft -f 'gunicorn.*materia.api:app' -c").stdout.strip()
         assert workers == "3", "master + 2 workers expected on %s, got %s" % (name, workers)
+
+
+def test_api_serves_https_with_its_pki_certificate(host):
+    """TLS on the API port: the certificate verifies against the internal CA for the host's
+    address and for the shared name the edge checks; plain HTTP gets no HTTP answer."""
+    for name in API_HOSTS:
+        for target in (ip(name), "api.matcraft.internal"):
+            check = host.run("curl -sS --max-time 10 --cacert /etc/matcraft/pki/ca.crt --resolve "
+                             "api.matcraft.internal:8000:%s -o /dev/null -w '%%{http_code}' https://%s:8000/health",
+                             ip(name), target)
+            assert check.rc == 0 and check.stdout == "200", (name, target, check.stdout, check.stderr)
+        plain = host.run("curl -sS --max-time 10 -o /dev/null -w '%%{http_code}' http://%s:8000/health", ip(name))
+        assert plain.stdout in ("000", "400"), "plain HTTP answered on %s: %s" % (name, plain.stdout)
+        issuer = host.run("openssl s_client -connect %s:8000 -brief </dev/null 2>&1", ip(name)).stdout
+        assert "Verification: OK" in issuer, issuer
 
 
 def test_migrations_ran_once_on_the_designated_host():
@@ -298,6 +314,34 @@ def test_rolling_restart_loses_no_request(host):
     assert summary["sent"] == 300 and summary["lost"] == 0 and summary["ok"] == 300, summary
 
 
+def test_graceful_reload_keeps_the_master_and_loses_no_request(host):
+    """`systemctl reload matcraft-api` (HUP): new gunicorn workers replace the old ones under
+    the same master while requests keep flowing to that host alone (no retry elsewhere)."""
+    name = "app-api1"
+    node = peer(name)
+    master = node.run("systemctl show -p MainPID --value matcraft-api").stdout.strip()
+    before = set(node.run("pgrep -P %s", master).stdout.split())
+    script = open(os.path.join(SCENARIO_DIR, "files", "rolling_client.py"), "rb").read()
+    host.run("rm -f /var/tmp/reload.json")
+    host.run("echo %s | base64 -d > /var/tmp/rolling_client.py", base64.b64encode(script).decode())
+    host.run("systemctl reset-failed app-reload-client")
+    start = host.run("systemd-run --unit=app-reload-client --property=RuntimeMaxSec=120 "
+                     "python3 /var/tmp/rolling_client.py /var/tmp/reload.json 150 0.1 %s", api(name, "/health"))
+    assert start.rc == 0, start.stderr
+    time.sleep(3)
+    reload = node.run("systemctl reload matcraft-api")
+    assert reload.rc == 0, reload.stderr
+    result = wait_for("the client's summary",
+                      lambda: host.file("/var/tmp/reload.json").exists and host.file("/var/tmp/reload.json").content_string,
+                      120, 2)
+    summary = json.loads(result)
+    assert node.run("systemctl show -p MainPID --value matcraft-api").stdout.strip() == master
+    after = wait_for("two new workers", lambda: (lambda p: p if len(p) == 2 else None)(
+        set(node.run("pgrep -P %s", master).stdout.split())), 30)
+    assert not before & after, "the old workers are still there: %s %s" % (before, after)
+    assert summary["sent"] == 150 and summary["ok"] == 150 and summary["retried"] == 0, summary
+
+
 def converge(*extra):
     """Run the scenario's converge playbook again (the application plays only)."""
     inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
@@ -314,7 +358,20 @@ def converge(*extra):
 def test_new_release_rolls_out_and_back(host):
     built = {n: peer(n).run("stat -c %%Y /opt/matcraft/releases/1.0.0/.release.json").stdout.strip()
              for n in API_HOSTS + WORKER_HOSTS}
-    converge("-e", "app_version=1.0.1")
+    # The rollout also changes the environment file (a marker variable) and runs with
+    # --diff: no secret may appear in the output, raw or URL-encoded.
+    extra_env = json.dumps({"app_env_extra": {"CELERY_VISIBILITY_TIMEOUT": "15",
+                                              "CELERY_UNACKED_RESTORE_INTERVAL": "2",
+                                              "MATCRAFT_DIFF_MARKER": "rollout"}})
+    output = converge("-e", "app_version=1.0.1", "-e", extra_env, "--diff")
+    assert 'MATCRAFT_DIFF_MARKER="rollout"' in peer("app-api1").run("cat /etc/matcraft/matcraft.env").stdout
+    secrets = ["Qv7/Lm@3Kp:9Zx%Rt5#Wn2?Hy8&Bc4Jd", "Rk7/Xw@9:Lp%2Qz4Tn8Vb3Hm6Jd1Fs0Gc",
+               "9f2c4e7a1b8d3f6e0a5c2b9d4e7f1a3c6b8e0d2f5a7c9e1b3d6f8a0c2e4b7d9f"]
+    from urllib.parse import quote
+    for secret in secrets:
+        for form in (secret, quote(secret, safe="")):
+            assert form not in output, "a secret appears in the --diff output of the converge"
+    assert "MATCRAFT_DIFF_MARKER" not in output, "the environment file's diff was shown"
     for name in API_HOSTS + WORKER_HOSTS:
         assert peer(name).file("/opt/matcraft/current").linked_to == "/opt/matcraft/releases/1.0.1", name
     for name in API_HOSTS:
