@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -33,6 +34,20 @@ def wait_for(what, check, timeout, interval=1.0):
             return last
         time.sleep(interval)
     pytest.fail("timed out after %ss waiting for %s (last: %r)" % (timeout, what, last))
+
+
+def curl_json(client, method, url, body=None, timeout=10):
+    """(status, parsed JSON or text) of a request sent from the client host with curl."""
+    cmd = ["curl", "-sS", "--max-time", str(timeout), "-o", "/dev/stdout", "-w", "\\n%{http_code}", "-X", method]
+    if body is not None:
+        cmd += ["-H", "Content-Type: application/json", "--data", json.dumps(body)]
+    result = client.run(" ".join(["%s"] * (len(cmd) + 1)), *cmd, url)
+    text, _, status = result.stdout.rpartition("\n")
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        payload = text
+    return int(status or 0), payload
 
 
 def probe_tcp(host, address, port, timeout=3):

@@ -167,11 +167,39 @@ def duplicate_secrets(named_values):
     return sorted(dupes)
 
 
+def verify_report(hostvars, hosts):
+    """The verify playbook's results, gathered from each host's verify_results.
+
+    Returns {"lines": [...], "failed": [...], "summary": str}: one aligned line
+    per check ("PASS"/"FAIL", host, check, detail), the failed ones as
+    "host: check: detail", and a one-line summary.
+    """
+    rows = []
+    for name in hosts:
+        if name not in hostvars:
+            continue
+        for result in hostvars[name].get("verify_results") or []:
+            rows.append((bool(result.get("ok")), name, str(result.get("check", "")),
+                         " ".join(str(result.get("detail", "")).split())))
+    width_host = max([len(r[1]) for r in rows] + [4])
+    width_check = max([len(r[2]) for r in rows] + [5])
+    lines = ["%s  %s  %s  %s" % ("PASS" if ok else "FAIL", host.ljust(width_host), check.ljust(width_check), detail)
+             for ok, host, check, detail in rows]
+    failed = ["%s: %s: %s" % (host, check, detail) for ok, host, check, detail in rows if not ok]
+    if not rows:
+        summary = "no check ran"
+        failed = ["no check ran (empty inventory groups, or every check in verify_skip)"]
+    else:
+        summary = "%d of %d checks passed" % (len(rows) - len(failed), len(rows))
+    return {"lines": lines, "failed": failed, "summary": summary}
+
+
 class FilterModule(object):
     """matcraft.deploy filters."""
 
     def filters(self):
         return {
+            "verify_report": verify_report,
             "host_addresses": host_addresses,
             "fqdn_problem": fqdn_problem,
             "origin_problem": origin_problem,

@@ -57,7 +57,23 @@ apt_install() {
 
 engine_up() { docker info >/dev/null 2>&1; }
 
+# Every systemd container takes several inotify instances of the host's user
+# limit (128 by default): two scenarios side by side, or a scenario and the
+# demo, exhaust it and containers stop booting. Raise it (not persisted).
+raise_inotify_limit() {
+  local current
+  current=$(cat /proc/sys/fs/inotify/max_user_instances 2>/dev/null || echo 0)
+  if [ "$current" -lt 1024 ]; then
+    if as_root sysctl -q -w fs.inotify.max_user_instances=1024 >/dev/null 2>&1; then
+      log "fs.inotify.max_user_instances raised from $current to 1024"
+    else
+      log "WARNING: fs.inotify.max_user_instances is $current and cannot be raised here; many systemd containers at once may not boot"
+    fi
+  fi
+}
+
 cmd_engine() {
+  raise_inotify_limit
   if engine_up; then log "Docker engine answers"; return 0; fi
   if ! command -v dockerd >/dev/null 2>&1; then
     log "no Docker engine on this host: installing Debian's docker.io"

@@ -82,3 +82,20 @@ def test_host_addresses_unknown_host_names_the_fix():
     with pytest.raises(Exception) as err:
         f.host_addresses(["g"], {"h": {}}, {"g": ["h"]})
     assert "matcraft_private_address" in str(err.value) and "'h'" in str(err.value)
+
+
+def test_verify_report_lists_every_check_and_the_failures():
+    hostvars = {
+        "api1": {"verify_results": [{"check": "api /health", "ok": True, "detail": "200"}]},
+        "db1": {"verify_results": [{"check": "full backup", "ok": False, "detail": "no full\nbackup"}]},
+        "redis1": {},
+    }
+    report = f.verify_report(hostvars, ["api1", "db1", "redis1", "localhost"])
+    assert report["lines"] == ["PASS  api1  api /health  200", "FAIL  db1   full backup  no full backup"]
+    assert report["failed"] == ["db1: full backup: no full backup"]
+    assert report["summary"] == "1 of 2 checks passed"
+
+
+def test_verify_report_with_no_check_fails():
+    report = f.verify_report({}, ["localhost"])
+    assert report["failed"] and report["summary"] == "no check ran"

@@ -12,7 +12,7 @@ import os
 import subprocess
 import time
 
-from helpers import address_of, assert_unit_running, journal, peer, probe_tcp, wait_for
+from helpers import address_of, assert_unit_running, curl_json, journal, peer, probe_tcp, wait_for
 
 testinfra_hosts = ["app-redis"]
 
@@ -31,16 +31,7 @@ def ip(name):
 
 def http(client, method, url, body=None, timeout=10):
     """(status, parsed JSON or text) of a request sent from the client host with curl."""
-    cmd = ["curl", "-sS", "--max-time", str(timeout), "-o", "/dev/stdout", "-w", "\\n%{http_code}", "-X", method]
-    if body is not None:
-        cmd += ["-H", "Content-Type: application/json", "--data", json.dumps(body)]
-    result = client.run(" ".join(["%s"] * (len(cmd) + 1)), *cmd, url)
-    text, _, status = result.stdout.rpartition("\n")
-    try:
-        payload = json.loads(text)
-    except ValueError:
-        payload = text
-    return int(status or 0), payload
+    return curl_json(client, method, url, body, timeout)
 
 
 def api(name, path=""):

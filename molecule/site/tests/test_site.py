@@ -1,0 +1,387 @@
+"""The small tier end to end, deployed by matcraft.deploy.site from the Galaxy tarball.
+
+The client of the public URL is site-monitor1 (matcraft.test resolves to
+site-api1, the edge, on every host) or this controller (verify.yml). Tests run
+in file order: the checks of the healthy deployment first, then the ones that
+break something on purpose (a stopped worker, 5xx answers, a queue with no
+consumer) and repair it, then the certificate mode switch.
+"""
+
+import json
+import os
+import re
+import subprocess
+from urllib.parse import quote
+
+import pytest
+import yaml
+
+from helpers import address_of, assert_unit_running, curl_json, peer, probe_tcp, wait_for
+
+testinfra_hosts = ["site-monitor1"]
+
+DOMAIN = "matcraft.test"
+EPHEMERAL = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "")
+COLLECTIONS = os.path.join(EPHEMERAL, "collections")
+INSTALLED = os.path.join(COLLECTIONS, "ansible_collections", "matcraft", "deploy")
+WORKERS = ("site-worker1", "site-worker2")
+WEBHOOK_UNIT = "matcraft-test-webhook"
+WEBHOOK_OUTPUT = "/run/matcraft-test-webhook.jsonl"
+# Test-only secrets of group_vars/all/zz_molecule.yml.
+SCENARIO_VARS = yaml.safe_load(open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                 "group_vars", "all", "zz_molecule.yml")))
+SECRETS = {name: value for name, value in SCENARIO_VARS.items()
+           if name == "matcraft_secret_key" or name.endswith(("_password", "_passphrase"))}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def ansible_playbook(playbook, *extra, timeout=1800):
+    """Run a playbook of the installed collection against the scenario's inventory."""
+    env = os.environ.copy()
+    env["ANSIBLE_COLLECTIONS_PATH"] = COLLECTIONS
+    inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
+    cmd = ["ansible-playbook", "-i", inventory, playbook] + list(extra)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def edge_address():
+    return address_of(peer("site-api1"))
+
+
+def public(host, method, path, body=None, timeout=15):
+    """(status, parsed JSON or text) of a request to https://matcraft.test from host (internal CA trusted)."""
+    return curl_json(host, method, "https://%s%s" % (DOMAIN, path), body, timeout)
+
+
+def prometheus(host, path, **params):
+    args = ["curl", "-sS", "-G", "--max-time", "15", "-u", "matcraft:" + SECRETS["matcraft_monitoring_web_password"]]
+    for key, value in params.items():
+        args += ["--data-urlencode", "%s=%s" % (key, value)]
+    args.append("http://%s:9090%s" % (address_of(host), path))
+    result = host.run(" ".join(["%s"] * len(args)), *args)
+    assert result.rc == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def query(host, expr):
+    body = prometheus(host, "/api/v1/query", query=expr)
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def notified(host, alertname, severity=None):
+    content = host.run("cat %s", WEBHOOK_OUTPUT).stdout
+    found = []
+    for line in content.splitlines():
+        if not line.strip():
+            continue
+        for alert in json.loads(line).get("alerts", []):
+            labels = alert.get("labels", {})
+            if labels.get("alertname") == alertname and alert.get("status") == "firing" \
+                    and (severity is None or labels.get("severity") == severity):
+                found.append(alert)
+    return found
+
+
+@pytest.fixture(scope="module")
+def webhook(host):
+    """The webhook receiver Alertmanager's test-webhook receiver posts to (bounded: 15 min)."""
+    host.run("systemctl stop %s", WEBHOOK_UNIT)
+    host.run("systemctl reset-failed %s", WEBHOOK_UNIT)
+    host.run("rm -f %s", WEBHOOK_OUTPUT)
+    start = host.run("systemd-run --unit=%s --property=RuntimeMaxSec=900 /usr/bin/python3 "
+                     "/usr/local/lib/webhook_recorder.py --listen 127.0.0.1:9999 --output %s",
+                     WEBHOOK_UNIT, WEBHOOK_OUTPUT)
+    assert start.rc == 0, start.stderr
+    wait_for("the test webhook receiver", lambda: probe_tcp(host, "127.0.0.1", 9999, timeout=1), 30)
+    yield host
+    host.run("systemctl stop %s", WEBHOOK_UNIT)
+
+
+# --------------------------------------------------------------------------- what was deployed
+
+
+def test_the_collection_came_from_the_galaxy_tarball():
+    """Converge ran matcraft.deploy.site from the tarball's installation: it holds the roles,
+    playbooks, plugins, docs and example inventories, and nothing of the tests."""
+    manifest = json.load(open(os.path.join(INSTALLED, "MANIFEST.json")))
+    assert manifest["collection_info"]["name"] == "deploy"
+    for path in ("roles/postgresql/tasks/main.yml", "playbooks/site.yml", "playbooks/verify.yml",
+                 "plugins/filter/matcraft.py", "docs/security.md", "inventories/small/hosts.yml",
+                 "inventories/medium/group_vars/all/tier.yml"):
+        assert os.path.isfile(os.path.join(INSTALLED, path)), path
+    for path in ("tests", "molecule", "benchmarks", ".ci", "Makefile"):
+        assert not os.path.exists(os.path.join(INSTALLED, path)), path
+    listed = subprocess.run(["ansible-galaxy", "collection", "list", "matcraft.deploy", "--format", "json"],
+                            capture_output=True, text=True, env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS))
+    assert listed.returncode == 0, listed.stderr
+    assert list(json.loads(listed.stdout)) == [os.path.join(COLLECTIONS, "ansible_collections")], listed.stdout
+
+
+def test_every_service_runs():
+    units = {
+        "site-api1": ["nginx", "matcraft-api", "prometheus-node-exporter", "prometheus-nginx-exporter", "mtail"],
+        "site-worker1": ["matcraft-worker@default", "matcraft-worker-health"],
+        "site-worker2": ["matcraft-worker@default", "matcraft-worker-health"],
+        "site-db1": ["postgresql@15-main", "prometheus-postgres-exporter"],
+        "site-redis1": ["redis-server", "prometheus-redis-exporter"],
+        "site-monitor1": ["prometheus", "prometheus-alertmanager", "prometheus-blackbox-exporter"],
+    }
+    for name, names in units.items():
+        for unit in names:
+            assert_unit_running(peer(name), unit)
+
+
+def test_no_secret_in_a_world_readable_file():
+    """Every test secret: in no file under /etc that others may read, on every host."""
+    for name in ("site-api1", "site-worker1", "site-db1", "site-redis1", "site-monitor1"):
+        node = peer(name)
+        for secret in SECRETS.values():
+            for form in {secret, quote(secret, safe="")}:
+                found = node.run("grep -rlF -- %s /etc /opt/matcraft /var/lib/matcraft 2>/dev/null", form).stdout.split()
+                readable = [path for path in found
+                            if int(node.run("stat -c %%a %s", path).stdout.strip(), 8) & 0o004]
+                assert not readable, "%s: a secret in world-readable %s" % (name, readable)
+
+
+# --------------------------------------------------------------------------- the verify playbook
+
+
+def test_verify_playbook_passes():
+    """matcraft.deploy.verify, run from this controller: every check passes and the report lists them."""
+    run = ansible_playbook("matcraft.deploy.verify", "-e", "verify_public_address=" + edge_address())
+    output = run.stdout
+    assert run.returncode == 0, "verify failed:\n%s\n%s" % (output[-8000:], run.stderr[-2000:])
+    for line in ("PASS  site-api1      api /health", "PASS  site-worker1   workers ping",
+                 "PASS  site-worker2   workers ping", "PASS  site-db1       wal archiving",
+                 "PASS  site-db1       full backup", "PASS  site-monitor1  prometheus targets",
+                 "PASS  localhost      public /health", "PASS  localhost      certificate",
+                 "PASS  localhost      job round trip"):
+        assert line in output, "%r not in the report:\n%s" % (line, output[-6000:])
+    assert "9 of 9 checks passed" in output
+    for secret in SECRETS.values():
+        assert secret not in output
+
+
+def test_verify_playbook_fails_and_names_a_stopped_worker():
+    worker = peer("site-worker2")
+    stop = worker.run("systemctl stop matcraft-worker@default")
+    assert stop.rc == 0, stop.stderr
+    try:
+        run = ansible_playbook("matcraft.deploy.verify", "-e", "verify_public_address=" + edge_address(),
+                               "-e", '{"verify_skip": ["job"]}')
+    finally:
+        start = worker.run("systemctl start matcraft-worker@default")
+    assert start.rc == 0, start.stderr
+    assert run.returncode != 0, "verify passed with a stopped worker:\n" + run.stdout[-4000:]
+    assert "FAIL  site-worker2   workers ping" in run.stdout, run.stdout[-4000:]
+    assert "PASS  site-worker1   workers ping" in run.stdout
+    # The summary line (its message may be wrapped by the callback).
+    assert re.search(r"1 check\(s\) failed:\s+site-worker2:\s+workers\s+ping", run.stdout), run.stdout[-3000:]
+    wait_for("the sidecar of site-worker2 to answer 200 again",
+             lambda: worker.run("curl -s -o /dev/null -w '%%{http_code}' http://%s:9808/health",
+                                address_of(worker)).stdout == "200", 90, 2)
+
+
+# --------------------------------------------------------------------------- through the edge
+
+
+def test_a_job_posted_over_https_through_the_edge_completes(host):
+    status, created = public(host, "POST", "/v1/jobs", {"seconds": 0.5})
+    assert status == 202, created
+    done = wait_for("job %s done" % created["id"],
+                    lambda: (lambda r: r[1] if r[0] == 200 and r[1]["state"] in ("done", "failed") else None)(
+                        public(host, "GET", "/v1/jobs/%d" % created["id"])), 120, 2)
+    assert done["state"] == "done", done
+
+
+def test_edge_talks_tls_to_the_api_with_verification():
+    edge = peer("site-api1")
+    config = edge.run("nginx -T 2>/dev/null").stdout
+    assert "proxy_ssl_verify on;" in config and "proxy_ssl_name api.matcraft.internal;" in config
+    address = address_of(edge)
+    plain = edge.run("curl -sS --max-time 5 -o /dev/null -w '%%{http_code}' http://%s:8000/health", address)
+    assert plain.stdout in ("000", "400"), plain.stdout
+    served = edge.run("curl -sS --max-time 5 --resolve api.matcraft.internal:8000:%s "
+                      "https://api.matcraft.internal:8000/health", address)
+    assert served.rc == 0 and json.loads(served.stdout) == {"status": "ok"}, served.stdout + served.stderr
+
+
+def test_public_certificate_is_the_internal_ca_s():
+    edge = peer("site-monitor1")
+    chain = edge.run("openssl s_client -connect %s:443 -servername %s -verify_return_error "
+                     "-CAfile /etc/matcraft/pki/ca.crt </dev/null 2>&1", edge_address(), DOMAIN).stdout
+    assert "Verify return code: 0 (ok)" in chain, chain[-2000:]
+    assert "MatCraft internal CA (site-test)" in chain
+
+
+# --------------------------------------------------------------------------- monitoring of the real services
+
+
+def test_every_target_is_up_and_the_alerts_are_loaded(host):
+    def targets_up():
+        active = prometheus(host, "/api/v1/targets", state="active")["data"]["activeTargets"]
+        return active if active and all(t["health"] == "up" for t in active) else None
+
+    try:
+        active = wait_for("every Prometheus target up", targets_up, 180, 3)
+    except BaseException:
+        active = prometheus(host, "/api/v1/targets", state="active")["data"]["activeTargets"]
+        raise AssertionError("down: %r" % [(t["labels"].get("job"), t["scrapeUrl"], t["lastError"])
+                                           for t in active if t["health"] != "up"]) from None
+    jobs = {}
+    for target in active:
+        jobs[target["labels"]["job"]] = jobs.get(target["labels"]["job"], 0) + 1
+    assert jobs["node"] == 6 and jobs["worker_health"] == 2 and jobs["public_health"] == 1, jobs
+    for job in ("postgres", "redis", "nginx", "mtail", "worker", "alertmanager", "prometheus"):
+        assert jobs.get(job), (job, jobs)
+    rules = prometheus(host, "/api/v1/rules")["data"]["groups"]
+    names = {rule["name"] for group in rules for rule in group["rules"]}
+    for name in ("MatcraftApiErrorRateHigh", "MatcraftApiLatencyHigh", "MatcraftWorkerQueueDepthHigh",
+                 "MatcraftDatabaseConnectionsHigh", "MatcraftDatabaseDiskUsageHigh", "MatcraftRedisMemoryHigh",
+                 "MatcraftDatabaseWalArchivingFailing", "MatcraftBackupFullTooOld"):
+        assert name in names, name
+    assert not [r for g in rules for r in g["rules"] if r.get("health") == "err"]
+    # The real backup timer's metric and the real archiver feed the backup and WAL rules.
+    assert query(host, 'matcraft_backup_last_success_timestamp_seconds{type="full"}')
+    assert query(host, "pg_stat_archiver_archived_count > 0")
+
+
+def test_a_backup_exists_and_the_timer_is_set():
+    db = peer("site-db1")
+    info = db.run("sudo -u postgres pgbackrest --stanza=matcraft --output=json info")
+    assert info.rc == 0, info.stderr
+    backups = json.loads(info.stdout)[0]["backup"]
+    assert [b for b in backups if b["type"] == "full"], backups
+    timer = db.service("matcraft-pgbackrest-full.timer")
+    assert timer.is_enabled and timer.is_running
+
+
+def test_api_error_rate_alert_from_the_real_api_reaches_the_webhook(host, webhook):
+    """The API answers 500 (the contract app's fault injection) to a bounded load through the
+    real edge: MatcraftApiErrorRateHigh, computed from the edge's JSON log, reaches the webhook."""
+    fault = public(host, "POST", "/v1/admin/fault", {"status": 500, "seconds": 150})
+    assert fault[0] == 200, fault
+    unit = "site-test-load"
+    host.run("systemctl stop %s; systemctl reset-failed %s", unit, unit)
+    load = host.run("systemd-run --unit=%s --property=RuntimeMaxSec=150 /bin/bash -c "
+                    "'for i in $(seq 1 750); do curl -s -o /dev/null --max-time 2 https://%s/v1/campaigns; "
+                    "sleep 0.2; done'", unit, DOMAIN)
+    assert load.rc == 0, load.stderr
+    try:
+        alerts = wait_for("MatcraftApiErrorRateHigh (critical) at the webhook",
+                          lambda: notified(host, "MatcraftApiErrorRateHigh", "critical"), 180, 3)
+        assert "runbook_url" in alerts[0]["annotations"], alerts[0]
+    finally:
+        host.run("systemctl stop %s", unit)
+        public(host, "POST", "/v1/admin/fault", {"status": 500, "seconds": 0})
+
+
+def test_queue_depth_alert_when_no_worker_consumes(host, webhook):
+    """Workers stopped, a dozen jobs posted through the edge: the real redis_exporter counts the
+    Celery queue and MatcraftWorkerQueueDepthHigh (critical) reaches the webhook; the jobs run
+    once the workers are back."""
+    for name in WORKERS:
+        stop = peer(name).run("systemctl stop matcraft-worker@default")
+        assert stop.rc == 0, stop.stderr
+    ids = []
+    try:
+        for _ in range(12):
+            status, created = public(host, "POST", "/v1/jobs", {"seconds": 0.1})
+            assert status == 202, created
+            ids.append(created["id"])
+        alerts = wait_for("MatcraftWorkerQueueDepthHigh (critical) at the webhook",
+                          lambda: [a for a in notified(host, "MatcraftWorkerQueueDepthHigh", "critical")
+                                   if a["labels"].get("key") == "default"], 150, 3)
+        assert alerts
+    finally:
+        for name in WORKERS:
+            peer(name).run("systemctl start matcraft-worker@default")
+    for job_id in ids:
+        wait_for("job %d done" % job_id,
+                 lambda j=job_id: public(host, "GET", "/v1/jobs/%d" % j)[1].get("state") == "done", 120, 2)
+
+
+def test_every_grafana_panel_query_returns_data_from_the_real_services(host, tmp_path):
+    """The grafana role's provisioning, rendered to a scratch directory on the monitoring host
+    (tasks_from: provisioning.yml, as where the package is missing), and every query of every
+    panel of the MatCraft dashboard run against this deployment's Prometheus."""
+    play = tmp_path / "render-grafana.yml"
+    play.write_text(json.dumps([{
+        "name": "Render the Grafana provisioning to a scratch directory", "hosts": "matcraft_monitoring",
+        "become": True, "gather_facts": True,
+        "tasks": [{"name": "Render", "ansible.builtin.include_role": {
+            "name": "matcraft.deploy.grafana", "tasks_from": "provisioning.yml"},
+            "vars": {"grafana_provisioning_dir": "/var/tmp/site-grafana/provisioning",
+                     "grafana_dashboards_dir": "/var/tmp/site-grafana/dashboards",
+                     "grafana_provisioning_group": "root"}}]}]))
+    run = ansible_playbook(str(play))
+    assert run.returncode == 0, run.stdout[-6000:]
+    for secret in SECRETS.values():
+        assert secret not in run.stdout
+    dashboard = json.loads(host.file("/var/tmp/site-grafana/dashboards/matcraft-overview.json").content_string)
+    grafana_variables = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m"}
+    queries = [(panel["title"], target["expr"]) for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    assert len(queries) >= 12, queries
+    empty = []
+    for title, expr in queries:
+        for name, value in grafana_variables.items():
+            expr = expr.replace(name, value)
+        try:
+            wait_for("data for " + title, lambda e=expr: query(host, e), 60, 5)
+        except BaseException:
+            empty.append((title, expr))
+    assert not empty, "panels without data: %r" % empty
+
+
+def test_grafana_package_part():
+    pytest.skip("NOT RUN: Grafana (matcraft_grafana_enabled: false here): its APT repository is not "
+                "reachable from this machine; the monitoring scenario checks its provisioning and "
+                "runs every dashboard query against a live Prometheus")
+
+
+# --------------------------------------------------------------------------- certificate modes
+
+
+def test_provided_certificate_mode_then_back_to_internal(tmp_path):
+    """The edge playbook switches the public certificate to one the user provides (signed by a
+    CA of their own, given as PEM through an extra-vars file), then back to the internal CA."""
+    ca_key, ca_crt = tmp_path / "user-ca.key", tmp_path / "user-ca.crt"
+    key, csr, crt = tmp_path / "edge.key", tmp_path / "edge.csr", tmp_path / "edge.crt"
+    ext = tmp_path / "ext.cnf"
+    ext.write_text("subjectAltName=DNS:%s\nextendedKeyUsage=serverAuth\n" % DOMAIN)
+    for cmd in (
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", str(ca_key), "-out", str(ca_crt), "-days", "30", "-subj", "/CN=User test CA"],
+        ["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", str(key), "-out", str(csr), "-subj", "/CN=" + DOMAIN],
+        ["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key),
+         "-CAcreateserial", "-out", str(crt), "-days", "20", "-extfile", str(ext)],
+    ):
+        made = subprocess.run(cmd, capture_output=True, text=True)
+        assert made.returncode == 0, made.stderr
+    extra = tmp_path / "provided.yml"
+    extra.write_text(json.dumps({"matcraft_tls_mode": "provided", "nginx_tls_certificate": crt.read_text(),
+                                 "nginx_tls_private_key": key.read_text()}))
+    extra.chmod(0o600)
+    monitor = peer("site-monitor1")
+    monitor.run("mkdir -p /var/tmp/site-test")
+    put = monitor.run("printf '%%s' %s > /var/tmp/site-test/user-ca.crt", ca_crt.read_text())
+    assert put.rc == 0
+    try:
+        run = ansible_playbook("matcraft.deploy.edge", "-e", "@" + str(extra))
+        assert run.returncode == 0, run.stdout[-6000:]
+        assert key.read_text().strip().splitlines()[1] not in run.stdout, "the private key was printed"
+        served = monitor.run("curl -sS --max-time 10 --cacert /var/tmp/site-test/user-ca.crt -o /dev/null "
+                             "-w '%%{http_code}' https://%s/health", DOMAIN)
+        assert served.stdout == "200", served.stdout + served.stderr
+    finally:
+        back = ansible_playbook("matcraft.deploy.edge")
+    assert back.returncode == 0, back.stdout[-6000:]
+    status, _ = public(monitor, "GET", "/health")
+    assert status == 200
+    # The provided key is gone once another mode serves.
+    assert not peer("site-api1").run("grep -rlF -- %s /etc/nginx /etc/matcraft 2>/dev/null",
+                                     key.read_text().strip().splitlines()[1]).stdout.strip()
