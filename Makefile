@@ -97,3 +97,4 @@ test: testbed lint unit build scenarios ## Lint, unit tests, build check and the
 clean: ## Remove caches and build output (keeps .venv and test images)
 	rm -rf build .cache .pytest_cache
 	docker ps -aq --filter label=matcraft.testbed=true | xargs -r docker rm -f
+	docker network ls -q --filter label=matcraft.testbed=true | xargs -r docker network rm
