@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""A steady, bounded stream of HTTPS GET requests to one address, with NO retry.
+
+usage: strict_client.py OUT.json STOPFILE COUNT INTERVAL ADDRESS SERVER_NAME PATH [PATH...]
+
+Sends up to COUNT requests, one every INTERVAL seconds, round robin over the
+PATHs, to https://SERVER_NAME/PATH at ADDRESS:443 (the certificate is
+verified against the system trust store for SERVER_NAME). Each request uses
+a new connection and is sent once: any error or a status other than 200 is a
+failure, recorded with its time. Stops after COUNT requests or as soon as
+STOPFILE exists. Writes a JSON summary to OUT.json (through a temporary name,
+so a reader sees all or nothing). Standard library only.
+"""
+
+import http.client
+import json
+import os
+import socket
+import ssl
+import sys
+import time
+
+
+class PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to a fixed address, with SNI and certificate checks for the server name."""
+
+    def __init__(self, address, server_name, context, timeout):
+        super().__init__(server_name, 443, context=context, timeout=timeout)
+        self._address = address
+
+    def connect(self):
+        sock = socket.create_connection((self._address, 443), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+def request(address, server_name, context, path):
+    connection = PinnedHTTPSConnection(address, server_name, context, timeout=10)
+    try:
+        connection.request("GET", path, headers={"Connection": "close"})
+        response = connection.getresponse()
+        response.read()
+        return response.status, None
+    except (OSError, http.client.HTTPException) as exc:
+        return None, "%s: %s" % (type(exc).__name__, exc)
+    finally:
+        connection.close()
+
+
+def main(out, stopfile, count, interval, address, server_name, paths):
+    context = ssl.create_default_context()
+    summary = {"sent": 0, "ok": 0, "failed": 0, "failures": [], "by_path": {p: 0 for p in paths},
+               "started": time.time()}
+    started = time.monotonic()
+    for n in range(count):
+        if os.path.exists(stopfile):
+            break
+        due = started + n * interval
+        pause = due - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        path = paths[n % len(paths)]
+        summary["sent"] += 1
+        status, error = request(address, server_name, context, path)
+        if status == 200:
+            summary["ok"] += 1
+            summary["by_path"][path] += 1
+        else:
+            summary["failed"] += 1
+            if len(summary["failures"]) < 50:
+                summary["failures"].append({"time": round(time.time(), 3), "path": path,
+                                            "status": status, "error": error})
+    summary["ended"] = time.time()
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    with open(out + ".tmp", "w") as handle:
+        json.dump(summary, handle)
+    os.replace(out + ".tmp", out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5], sys.argv[6], sys.argv[7:])
