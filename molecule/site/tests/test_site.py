@@ -9,7 +9,6 @@ consumer) and repair it, then the certificate mode switch.
 
 import json
 import os
-import re
 import subprocess
 from urllib.parse import quote
 
@@ -178,8 +177,8 @@ def test_verify_playbook_fails_and_names_a_stopped_worker():
     assert run.returncode != 0, "verify passed with a stopped worker:\n" + run.stdout[-4000:]
     assert "FAIL  site-worker2   workers ping" in run.stdout, run.stdout[-4000:]
     assert "PASS  site-worker1   workers ping" in run.stdout
-    # The summary line (its message may be wrapped by the callback).
-    assert re.search(r"1 check\(s\) failed:\s+site-worker2:\s+workers\s+ping", run.stdout), run.stdout[-3000:]
+    # The report's summary: every check but the skipped job ran, one failed.
+    assert "7 of 8 checks passed" in run.stdout, run.stdout[-3000:]
     wait_for("the sidecar of site-worker2 to answer 200 again",
              lambda: worker.run("curl -s -o /dev/null -w '%%{http_code}' http://%s:9808/health",
                                 address_of(worker)).stdout == "200", 90, 2)
