@@ -184,6 +184,57 @@ def test_verify_playbook_fails_and_names_a_stopped_worker():
                                 address_of(worker)).stdout == "200", 90, 2)
 
 
+def archiver(db):
+    """(failed_count, last attempt failed) of the database host's pg_stat_archiver."""
+    row = db.run("runuser -u postgres -- psql -XAtq -c %s",
+                 "SELECT failed_count, coalesce(last_failed_time > last_archived_time, false) FROM pg_stat_archiver")
+    assert row.rc == 0, row.stderr
+    failed, last_failed = row.stdout.strip().split("|")
+    return int(failed), last_failed == "t"
+
+
+def switch_wal(db):
+    switched = db.run("runuser -u postgres -- psql -XAtq -d matcraft -c %s",
+                      "CREATE TEMP TABLE verify_probe AS SELECT 1; SELECT pg_switch_wal()")
+    assert switched.rc == 0, switched.stderr
+
+
+def test_verify_playbook_fails_and_names_archiving_backup_certificate_and_targets():
+    """Verify's other failure branches, each from a real fault: WAL archiving into a repository
+    PostgreSQL cannot write, a node_exporter stopped (Prometheus sees its target down), and the
+    backup-age and certificate-days limits set above what this fresh environment has."""
+    db, worker, monitor = peer("site-db1"), peer("site-worker1"), peer("site-monitor1")
+    node_down = 'up{job="node",matcraft_host="site-worker1"} == 0'
+    mode = db.check_output("stat -c %%a /var/lib/pgbackrest/archive")
+    try:
+        assert db.run("chmod 000 /var/lib/pgbackrest/archive").rc == 0
+        failed_before, _ = archiver(db)
+        switch_wal(db)
+        wait_for("archiving to fail", lambda: archiver(db)[0] > failed_before and archiver(db)[1], 60, 2)
+        assert worker.run("systemctl stop prometheus-node-exporter").rc == 0
+        wait_for("Prometheus to see site-worker1's node_exporter down", lambda: query(monitor, node_down), 60, 2)
+        run = ansible_playbook("matcraft.deploy.verify", "-e", "verify_public_address=" + edge_address(),
+                               "-e", '{"verify_skip": ["job"], "verify_backup_max_age_hours": 0,'
+                               ' "verify_certificate_min_days": 100000}')
+    finally:
+        db.run("chmod %s /var/lib/pgbackrest/archive", mode)
+        worker.run("systemctl start prometheus-node-exporter")
+    output = run.stdout
+    assert run.returncode != 0, "verify passed with four faults:\n" + output[-4000:]
+    for line in ("FAIL  site-db1       wal archiving", "FAIL  site-db1       full backup",
+                 "FAIL  site-monitor1  prometheus targets", "FAIL  localhost      certificate",
+                 "PASS  site-api1      api /health", "PASS  site-worker1   workers ping",
+                 "PASS  localhost      public /health"):
+        assert line in output, "%r not in the report:\n%s" % (line, output[-6000:])
+    assert "(limit 0 h)" in output and "site-worker1" in output.split("FAIL  site-monitor1")[1].splitlines()[0]
+    assert "4 of 8 checks passed" in output, output[-3000:]
+    # Back to healthy for the tests after this one: archiving succeeds again, the target is up.
+    switch_wal(db)
+    wait_for("archiving to succeed again", lambda: not archiver(db)[1], 120, 2)
+    wait_for("site-worker1's node target up again",
+             lambda: query(monitor, 'up{job="node",matcraft_host="site-worker1"} == 1'), 60, 2)
+
+
 # --------------------------------------------------------------------------- through the edge
 
 
@@ -240,12 +291,18 @@ def test_every_target_is_up_and_the_alerts_are_loaded(host):
     names = {rule["name"] for group in rules for rule in group["rules"]}
     for name in ("MatcraftApiErrorRateHigh", "MatcraftApiLatencyHigh", "MatcraftWorkerQueueDepthHigh",
                  "MatcraftDatabaseConnectionsHigh", "MatcraftDatabaseDiskUsageHigh", "MatcraftRedisMemoryHigh",
-                 "MatcraftDatabaseWalArchivingFailing", "MatcraftBackupFullTooOld"):
+                 "MatcraftDatabaseWalArchivingFailing", "MatcraftBackupFullTooOld",
+                 "MatcraftDatabaseReplicaNotStreaming"):
         assert name in names, name
     assert not [r for g in rules for r in g["rules"] if r.get("health") == "err"]
     # The real backup timer's metric and the real archiver feed the backup and WAL rules.
     assert query(host, 'matcraft_backup_last_success_timestamp_seconds{type="full"}')
     assert query(host, "pg_stat_archiver_archived_count > 0")
+    # The exporter's replication query on the primary (medium runs it on a real standby).
+    replication = {r["metric"]["__name__"]: r["value"][1]
+                   for r in query(host, '{__name__=~"pg_replication_(lag|is_replica|streaming)", matcraft_host="site-db1"}')}
+    assert replication == {"pg_replication_lag": "0", "pg_replication_is_replica": "0",
+                           "pg_replication_streaming": "1"}, replication
 
 
 def test_a_backup_exists_and_the_timer_is_set():
