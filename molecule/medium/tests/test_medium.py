@@ -16,6 +16,8 @@ import sys
 import time
 from datetime import datetime
 
+import yaml
+
 from helpers import address_of, peer, wait_for
 
 testinfra_hosts = ["medium-edge"]
@@ -214,6 +216,22 @@ def test_rows_written_on_the_primary_are_read_on_the_replica(host):
 # --------------------------------------------------------------------------- upgrades
 
 
+def test_the_edge_playbook_run_alone_changes_nothing():
+    """matcraft.deploy.edge in a run of its own, on an edge host apart from the API hosts: preflight
+    gathers every host's facts, so the upstream addresses (the API hosts') come out as in the
+    converge and nothing changes."""
+    inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
+    env = os.environ.copy()
+    env.setdefault("ANSIBLE_COLLECTIONS_PATH", os.path.join(PROJECT_DIR, ".cache", "collections"))
+    run = subprocess.run(["ansible-playbook", "-i", inventory, "matcraft.deploy.edge"],
+                         capture_output=True, text=True, env=env, timeout=1200)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    recap = run.stdout[run.stdout.rindex("PLAY RECAP"):]
+    assert "medium-edge" in recap and "changed=0" in recap.split("medium-edge")[1].splitlines()[0], recap
+    for name in API_HOSTS:
+        assert ip(name) in peer("medium-edge").check_output("cat /etc/nginx/conf.d/matcraft.conf"), name
+
+
 def test_upgrade_rolls_out_with_zero_failed_requests(host):
     build_release("1.0.1")
     runs_before = {n: migration_runs(n, "1.0.1") for n in API_HOSTS + WORKER_HOSTS}
@@ -302,3 +320,40 @@ def test_upgrading_back_restores_every_host(host):
     done = wait_for("the job done", lambda: (lambda r: r[2] if r[0] == 200 and r[2]["state"] == "done" else None)(
         edge(host, "GET", "/v1/jobs/%d" % body["id"])), 90, 1)
     assert done["worker"] in WORKER_HOSTS, done
+
+
+# --------------------------------------------------------------------------- replica monitoring
+
+
+def replication_metrics(name):
+    """The exporters role's pg_replication query (its queries template), run on host name:
+    {lag, is_replica, streaming}."""
+    template = os.path.join(PROJECT_DIR, "roles", "exporters", "templates", "postgres_exporter_queries.yml.j2")
+    with open(template) as handle:
+        queries = yaml.safe_load(handle.read())
+    row = psql(name, queries["pg_replication"]["query"])
+    lag, is_replica, streaming = row.split("|")
+    return {"lag": float(lag), "is_replica": int(is_replica), "streaming": int(streaming)}
+
+
+def test_a_replica_cut_off_from_the_primary_reports_it(host):
+    """The exporter's replication query on the real standby: streaming with no lag; with the
+    primary stopped, not streaming and a lag that grows (an idle primary used to read as 0 lag);
+    streaming again once the primary is back."""
+    assert replication_metrics("medium-db") == {"lag": 0.0, "is_replica": 0, "streaming": 1}
+    wait_for("the standby streaming and caught up",
+             lambda: replication_metrics("medium-replica") == {"lag": 0.0, "is_replica": 1, "streaming": 1}, 60, 1)
+    primary = peer("medium-db")
+    try:
+        assert primary.run("systemctl stop postgresql").rc == 0
+        cut_off = wait_for("the standby to stop streaming",
+                           lambda: (lambda m: m if m["streaming"] == 0 else None)(replication_metrics("medium-replica")),
+                           60, 1)
+        assert cut_off["is_replica"] == 1 and cut_off["lag"] > 0, cut_off
+        time.sleep(3)
+        assert replication_metrics("medium-replica")["lag"] > cut_off["lag"]
+    finally:
+        started = primary.run("systemctl start postgresql")
+    assert started.rc == 0, started.stderr
+    wait_for("the standby streaming again",
+             lambda: replication_metrics("medium-replica") == {"lag": 0.0, "is_replica": 1, "streaming": 1}, 120, 1)
