@@ -9,16 +9,14 @@ BIN := $(VENV)/bin
 COLLECTION_LINK := .cache/collections/ansible_collections/matcraft/deploy
 # The Molecule scenarios `make test` runs, longest first; SCENARIO_JOBS of
 # them run side by side (each has its own containers and network).
-SCENARIOS ?= site app backup_repos edge postgresql replica redis common preflight pki
+SCENARIOS ?= medium site app backup_repos edge postgresql replica redis common preflight pki
 # Scenarios left out of `make test` to keep it within CI's time budget (the
 # reason is printed); `make scenarios-all` or `make molecule SCENARIO=name`
 # runs them.
-#   medium:     seven hosts and three upgrades under a request stream: 50 to
-#               80 minutes on a 2-CPU machine by itself.
 #   monitoring: exporters, Prometheus and Alertmanager in front of stand-ins of
 #               the services; `site` runs its alert, target and dashboard-query
 #               checks against the real services.
-SCENARIOS_EXTRA ?= medium monitoring
+SCENARIOS_EXTRA ?= monitoring
 SCENARIO_JOBS ?= 2
 SCENARIO ?=
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.cache/collections

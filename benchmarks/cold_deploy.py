@@ -4,7 +4,7 @@
 It uses the local demo (tests/demo/demo.sh, what `make demo` runs), so it
 needs the venv and the test image (`make venv testbed`):
 
-  .venv/bin/python benchmarks/cold_deploy.py [--keep] [--no-verify] [--output FILE]
+  .venv/bin/python benchmarks/cold_deploy.py [--apt-direct] [--keep] [--no-verify] [--output FILE]
 
 1. Tears down any demo (`tests/demo/demo.sh down`: containers demo-*, the
    network matcraft-demo, .cache/demo).
@@ -15,6 +15,13 @@ needs the venv and the test image (`make venv testbed`):
    RECAP. Targets: zero changes, and under a quarter of the cold time.
 4. Unless --no-verify: matcraft.deploy.verify, its summary line (not timed).
 5. Unless --keep: tears the demo down again.
+
+Packages: the test image's hosts fetch them through the testbed's
+apt-cacher-ng on this machine, which after the first run serves them from its
+disk, so the cold deployment downloads nothing from the network (a best case
+no VM has). --apt-direct makes the hosts fetch from the Debian mirror, as VMs
+do (MATCRAFT_DEMO_APT_DIRECT=1 for tests/demo/demo.yml); the Python packages
+come from the package index either way.
 
 Prints the figures and the machine (nproc, RAM, load average at the start)
 as JSON; --output writes them to a file too. Each step's whole output is in
@@ -46,11 +53,11 @@ def machine():
             "load_at_start": [round(x, 2) for x in os.getloadavg()], "docker": docker or "unknown"}
 
 
-def step(name, *argv, timeout):
+def step(name, *argv, timeout, extra_env=None):
     """Run one demo.sh step with its output in a log file; exit with the log's tail when it fails."""
     os.makedirs(LOG_DIR, exist_ok=True)
     log_path = os.path.join(LOG_DIR, "cold_deploy-%s.log" % name)
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", **(extra_env or {}))
     start = time.monotonic()
     with open(log_path, "w", encoding="utf-8") as log:
         result = subprocess.run([DEMO, *argv], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
@@ -77,19 +84,24 @@ def recap(output):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--apt-direct", action="store_true",
+                        help="hosts fetch packages from the Debian mirror, not the testbed's apt cache")
     parser.add_argument("--keep", action="store_true", help="leave the demo running at the end")
     parser.add_argument("--no-verify", action="store_true", help="skip matcraft.deploy.verify after the second run")
     parser.add_argument("--timeout", type=int, default=5400, help="seconds each step may take")
     parser.add_argument("--output")
     args = parser.parse_args()
 
-    figures = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    figures = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "packages": "Debian mirror (--apt-direct)" if args.apt_direct else "testbed apt-cacher-ng"}
     print("machine: %(nproc)s CPUs, %(ram_gib)s GiB RAM, load %(load_at_start)s, Docker %(docker)s"
           % figures["machine"], flush=True)
+    print("packages from: %s" % figures["packages"], flush=True)
 
     step("down", "down", timeout=600)
     print("cold deployment (fresh containers, inventory, secrets, matcraft.deploy.site) ...", flush=True)
-    cold, cold_output = step("cold", "deploy", timeout=args.timeout)
+    cold, cold_output = step("cold", "deploy", timeout=args.timeout,
+                             extra_env={"MATCRAFT_DEMO_APT_DIRECT": "1" if args.apt_direct else "0"})
     figures["cold_seconds"] = round(cold)
     figures["cold_recap"] = recap(cold_output)
     print("  %.0f s" % cold, flush=True)
