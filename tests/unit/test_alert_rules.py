@@ -50,8 +50,8 @@ GUIDE = {
 # Threshold as it appears in the PromQL expression, from the variable's value.
 EXPR_THRESHOLD = {"MatcraftApiLatencyHigh": lambda ms: ms / 1000}
 
-# Alerts whose value means nothing (absent() is always 1): no $value needed.
-NO_VALUE_ANNOTATION = {"MatcraftBackupMetricMissing"}
+# Alerts whose value means nothing (absent() is always 1; not streaming is always 0): no $value needed.
+NO_VALUE_ANNOTATION = {"MatcraftBackupMetricMissing", "MatcraftDatabaseReplicaNotStreaming"}
 
 INSTALL_HINT = (
     "install the Debian package `{package}` (apt-get install {package}); "
