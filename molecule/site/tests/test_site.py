@@ -201,13 +201,14 @@ def switch_wal(db):
 
 def test_verify_playbook_fails_and_names_archiving_backup_certificate_and_targets():
     """Verify's other failure branches, each from a real fault: WAL archiving into a repository
-    PostgreSQL cannot write, a node_exporter stopped (Prometheus sees its target down), and the
-    backup-age and certificate-days limits set above what this fresh environment has."""
+    PostgreSQL cannot write to (its archive directories made read-only; pgbackrest info still reads
+    them), a node_exporter stopped (Prometheus sees its target down), and the backup-age and
+    certificate-days limits set above what this fresh environment has."""
     db, worker, monitor = peer("site-db1"), peer("site-worker1"), peer("site-monitor1")
     node_down = 'up{job="node",matcraft_host="site-worker1"} == 0'
-    mode = db.check_output("stat -c %%a /var/lib/pgbackrest/archive")
+    archive_dirs = "find /var/lib/pgbackrest/archive -mindepth 1 -type d -exec chmod %s {} +"
     try:
-        assert db.run("chmod 000 /var/lib/pgbackrest/archive").rc == 0
+        assert db.run(archive_dirs % "a-w").rc == 0
         failed_before, _ = archiver(db)
         switch_wal(db)
         wait_for("archiving to fail", lambda: archiver(db)[0] > failed_before and archiver(db)[1], 60, 2)
@@ -217,7 +218,7 @@ def test_verify_playbook_fails_and_names_archiving_backup_certificate_and_target
                                "-e", '{"verify_skip": ["job"], "verify_backup_max_age_hours": 0,'
                                ' "verify_certificate_min_days": 100000}')
     finally:
-        db.run("chmod %s /var/lib/pgbackrest/archive", mode)
+        db.run(archive_dirs % "u+w")
         worker.run("systemctl start prometheus-node-exporter")
     output = run.stdout
     assert run.returncode != 0, "verify passed with four faults:\n" + output[-4000:]
@@ -226,7 +227,9 @@ def test_verify_playbook_fails_and_names_archiving_backup_certificate_and_target
                  "PASS  site-api1      api /health", "PASS  site-worker1   workers ping",
                  "PASS  localhost      public /health"):
         assert line in output, "%r not in the report:\n%s" % (line, output[-6000:])
-    assert "(limit 0 h)" in output and "site-worker1" in output.split("FAIL  site-monitor1")[1].splitlines()[0]
+    assert "(limit 0 h)" in output, output[-4000:]
+    targets_line = output.split("FAIL  site-monitor1")[1].splitlines()[0]
+    assert "site-worker1" in targets_line, targets_line
     assert "4 of 8 checks passed" in output, output[-3000:]
     # Back to healthy for the tests after this one: archiving succeeds again, the target is up.
     switch_wal(db)
