@@ -70,3 +70,24 @@ def test_renewal_before_expiry():
     after = server.run("openssl x509 -in /etc/matcraft/pki/host.crt -noout -serial").stdout
     assert before != after, "certificate was not re-issued"
     assert key_before == server.run("sha256sum /etc/matcraft/pki/host.key").stdout, "key changed"
+
+
+def test_a_ca_left_where_earlier_builds_kept_it_stops_the_role(tmp_path):
+    """Earlier builds kept the CA in <inventory>/pki, which Ansible then read as inventory; the
+    default is now <inventory>/.pki. With a CA only in the old place, the role stops before it
+    makes a second CA, names pki_ca_dir and says how to move it."""
+    inventory = tmp_path / "inventory"
+    (inventory / "pki").mkdir(parents=True)
+    (inventory / "pki" / "ca.crt").write_text("the CA of an earlier build\n")
+    (inventory / "hosts.yml").write_text("all:\n  hosts:\n    localhost:\n      ansible_connection: local\n")
+    playbook = tmp_path / "ca.yml"
+    playbook.write_text("- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+                        "    - ansible.builtin.include_role: {name: matcraft.deploy.pki, tasks_from: ca.yml}\n")
+    run = subprocess.run(["ansible-playbook", "-i", str(inventory), str(playbook)],
+                         capture_output=True, text=True,
+                         env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0"), timeout=300, check=False)
+    output = run.stdout + run.stderr  # the failed task's message goes to stderr
+    assert run.returncode != 0, output[-3000:]
+    assert "pki_ca_dir: the internal CA is in %s/pki," % inventory in output, output[-3000:]
+    assert "mv %s/pki %s/.pki" % (inventory, inventory) in output
+    assert not (inventory / ".pki").exists()
