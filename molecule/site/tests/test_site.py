@@ -270,8 +270,24 @@ def test_public_certificate_is_the_internal_ca_s():
     assert "MatCraft internal CA (site-test)" in chain
 
 
-# --------------------------------------------------------------------------- monitoring of the real services
-
+def test_redis_answers_only_over_tls(host):
+    """inventories/small turns Redis TLS-only on: the plain port is refused from the API host, the
+    TLS port presents a certificate of the internal CA for the private address, the API's and the
+    workers' broker URLs are rediss://, and the real redis_exporter reads Redis over TLS."""
+    api = peer("site-api1")
+    address = address_of(peer("site-redis1"))
+    assert not probe_tcp(api, address, 6379), "the plain Redis port answers"
+    served = api.run("openssl s_client -connect %s:6380 -verify_ip %s -verify_return_error "
+                     "-CAfile /etc/matcraft/pki/ca.crt </dev/null 2>&1", address, address).stdout
+    assert "Verify return code: 0 (ok)" in served, served[-2000:]
+    for name in ("site-api1",) + WORKERS:
+        environment = peer(name).run("grep -E '^(CELERY_BROKER_URL|REDIS_URL)=' /etc/matcraft/matcraft.env").stdout
+        urls = [line.split("=", 1)[1].strip("'\"") for line in environment.splitlines()]
+        assert urls and all(url.startswith("rediss://") and ":6380/" in url for url in urls), \
+            "%s: %d Redis URLs, not all rediss:// on 6380" % (name, len(urls))
+    up = wait_for("redis_up 1", lambda: [s for s in query(host, 'redis_up{job="redis"}') if s["value"][1] == "1"],
+                  60, 5)
+    assert up
 
 def test_every_target_is_up_and_the_alerts_are_loaded(host):
     def targets_up():
