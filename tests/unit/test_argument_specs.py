@@ -44,3 +44,13 @@ def test_role_variables_are_prefixed(role):
     defaults = _load(role, "defaults", "main.yml")
     wrong = [n for n in defaults if not n.startswith(role + "_")]
     assert wrong == [], "%s: variables without the %s_ prefix: %s" % (role, role, wrong)
+
+
+def test_verify_looks_for_the_ca_where_the_pki_role_puts_it_by_default():
+    """verify.yml cannot read the pki role's defaults, so it repeats pki_ca_dir's default; the two
+    must name the same directory (the demo's verify broke once when only the role's moved)."""
+    default = _load("pki", "defaults", "main.yml")["pki_ca_dir"]
+    suffix = default.split("}}", 1)[1]  # "/.pki" after "{{ inventory_dir | default(playbook_dir) }}"
+    verify = open(os.path.join(ROOT, "playbooks", "verify.yml")).read()
+    assert "inventory_dir ~ '%s')" % suffix in verify, \
+        "playbooks/verify.yml's fallback CA directory differs from pki_ca_dir's default (%s)" % default
