@@ -54,3 +54,26 @@ def test_verify_looks_for_the_ca_where_the_pki_role_puts_it_by_default():
     verify = open(os.path.join(ROOT, "playbooks", "verify.yml")).read()
     assert "inventory_dir ~ '%s')" % suffix in verify, \
         "playbooks/verify.yml's fallback CA directory differs from pki_ca_dir's default (%s)" % default
+
+
+def test_prometheus_scrapes_over_tls_exactly_the_servers_that_serve_it():
+    """With matcraft_monitoring_tls, the exporters, Alertmanager and Prometheus switch together; the
+    scrape jobs marked tls must be the ones whose servers serve TLS (node, postgres, redis, blackbox,
+    alertmanager), and the plain ones (nginx exporter, mtail, the worker sidecar) must stay unmarked,
+    or their targets go down with an HTTP/HTTPS mismatch."""
+    prometheus = _load("prometheus", "defaults", "main.yml")
+    jobs = {job["name"]: job.get("tls", False) for job in prometheus["prometheus_scrape_jobs"]}
+    assert jobs == {"node": True, "postgres": True, "redis": True, "blackbox": True, "alertmanager": True,
+                    "nginx": False, "mtail": False, "worker": False}, jobs
+    exporters = _load("exporters", "defaults", "main.yml")
+    switches = {"prometheus_tls": prometheus["prometheus_tls"],
+                "prometheus_scrape_tls": prometheus["prometheus_scrape_tls"],
+                "alertmanager_tls": _load("alertmanager", "defaults", "main.yml")["alertmanager_tls"],
+                "exporters_tls": exporters["exporters_tls"]}
+    assert set(switches.values()) == {"{{ matcraft_monitoring_tls | default(false) }}"}, switches
+    tasks = {name: open(os.path.join(ROOT, "roles", "exporters", "tasks", name + ".yml")).read()
+             for name in ("node", "postgres", "redis", "blackbox", "edge")}
+    for name in ("node", "postgres", "blackbox"):
+        assert "'--web.config.file=' ~ exporters_web_config_file] if exporters_tls" in tasks[name], name
+    assert "--tls-server-cert-file=" in tasks["redis"]
+    assert "exporters_tls" not in tasks["edge"]
