@@ -58,7 +58,7 @@ def prometheus(host, path, **params):
     args = ["curl", "-sS", "-G", "--max-time", "15", "-u", "matcraft:" + SECRETS["matcraft_monitoring_web_password"]]
     for key, value in params.items():
         args += ["--data-urlencode", "%s=%s" % (key, value)]
-    args.append("http://%s:9090%s" % (address_of(host), path))
+    args += ["--cacert", "/etc/matcraft/pki/ca.crt", "https://%s:9090%s" % (address_of(host), path)]
     result = host.run(" ".join(["%s"] * len(args)), *args)
     assert result.rc == 0, result.stderr
     return json.loads(result.stdout)
@@ -288,6 +288,32 @@ def test_redis_answers_only_over_tls(host):
     up = wait_for("redis_up 1", lambda: [s for s in query(host, 'redis_up{job="redis"}') if s["value"][1] == "1"],
                   60, 5)
     assert up
+
+def test_monitoring_is_served_over_tls(host):
+    """inventories/small turns matcraft_monitoring_tls on: Prometheus, Alertmanager and the node,
+    postgres, redis and blackbox exporters present certificates of the internal CA for their
+    private addresses and answer plain HTTP with an error; Prometheus scrapes them and pushes
+    alerts over HTTPS. mtail, the nginx exporter and the worker sidecar stay plain HTTP."""
+    servers = [("site-monitor1", port) for port in (9090, 9093, 9115)] + [("site-db1", 9187), ("site-redis1", 9121)]
+    servers += [(name, 9100) for name in ("site-api1", "site-db1", "site-redis1", "site-monitor1") + WORKERS]
+    for name, port in servers:
+        address = address_of(peer(name))
+        served = host.run("openssl s_client -connect %s:%s -verify_ip %s -verify_return_error "
+                          "-CAfile /etc/matcraft/pki/ca.crt </dev/null 2>&1", address, str(port), address).stdout
+        assert "Verify return code: 0 (ok)" in served, (name, port, served[-1500:])
+        plain = host.run("curl -sS --max-time 10 http://%s:%s/metrics", address, str(port))
+        assert "Client sent an HTTP request to an HTTPS server" in plain.stdout, (name, port, plain.stdout[:300])
+    active = prometheus(host, "/api/v1/targets", state="active")["data"]["activeTargets"]
+    schemes = {}
+    for target in active:
+        schemes.setdefault(target["labels"]["job"], set()).add(target["scrapeUrl"].split(":", 1)[0])
+    for job in ("prometheus", "node", "postgres", "redis", "blackbox", "alertmanager", "worker_health", "public_health"):
+        assert schemes.get(job) == {"https"}, (job, schemes)
+    for job in ("nginx", "mtail", "worker"):
+        assert schemes.get(job) == {"http"}, (job, schemes)
+    alertmanagers = prometheus(host, "/api/v1/alertmanagers")["data"]["activeAlertmanagers"]
+    assert alertmanagers and all(a["url"].startswith("https://") for a in alertmanagers), alertmanagers
+
 
 def test_every_target_is_up_and_the_alerts_are_loaded(host):
     def targets_up():
