@@ -289,6 +289,7 @@ def test_redis_answers_only_over_tls(host):
                   60, 5)
     assert up
 
+
 def test_monitoring_is_served_over_tls(host):
     """inventories/small turns matcraft_monitoring_tls on: Prometheus, Alertmanager and the node,
     postgres, redis and blackbox exporters present certificates of the internal CA for their
