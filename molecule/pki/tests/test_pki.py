@@ -91,3 +91,25 @@ def test_a_ca_left_where_earlier_builds_kept_it_stops_the_role(tmp_path):
     assert "pki_ca_dir: the internal CA is in %s/pki," % inventory in output, output[-3000:]
     assert "mv %s/pki %s/.pki" % (inventory, inventory) in output
     assert not (inventory / ".pki").exists()
+
+
+def test_exporters_over_tls_stop_before_any_change_without_the_host_key(tmp_path):
+    """The exporters run as the prometheus user and read the pki role's host key;
+    without it the first start would crash-loop. The role stops first, names the
+    file and the two ways out, and has installed nothing."""
+    client = peer("pki-client")
+    playbook = tmp_path / "exporters.yml"
+    playbook.write_text(
+        "- hosts: pki-client\n  tasks:\n"
+        "    - ansible.builtin.include_role: {name: matcraft.deploy.exporters}\n"
+        "      vars: {exporters_tls: true, exporters_tls_key_file: /etc/matcraft/pki/absent.key}\n")
+    # JSON results: the message is not folded across lines as the YAML format may do.
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_CALLBACK_RESULT_FORMAT="json")
+    run = subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(playbook)],
+                         capture_output=True, text=True, env=env, timeout=300, check=False)
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output[-3000:]
+    assert ("exporters_tls needs /etc/matcraft/pki/absent.key: run the matcraft.deploy.pki role on "
+            "this host first (site.yml does), or set matcraft_monitoring_tls: false.") in output, output[-3000:]
+    assert "changed=0" in output.split("PLAY RECAP", 1)[1], output[-1500:]
+    assert not client.package("prometheus-node-exporter").is_installed
