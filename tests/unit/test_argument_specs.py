@@ -77,3 +77,23 @@ def test_prometheus_scrapes_over_tls_exactly_the_servers_that_serve_it():
         assert "'--web.config.file=' ~ exporters_web_config_file] if exporters_tls" in tasks[name], name
     assert "--tls-server-cert-file=" in tasks["redis"]
     assert "exporters_tls" not in tasks["edge"]
+
+
+def test_prometheus_logs_in_to_alertmanager_with_the_login_alertmanager_accepts():
+    """Alertmanager's basic auth and the login Prometheus sends with alerts and scrapes come from
+    the same inventory secret and user by default; a mismatch would silently stop every alert."""
+    prometheus = _load("prometheus", "defaults", "main.yml")
+    alertmanager = _load("alertmanager", "defaults", "main.yml")
+    assert prometheus["prometheus_web_password"] == alertmanager["alertmanager_web_password"] \
+        == "{{ matcraft_monitoring_web_password | default('') }}"
+    assert prometheus["prometheus_web_user"] == alertmanager["alertmanager_web_user"]
+    assert prometheus["prometheus_alertmanager_basic_auth"] is True
+    logins = {job["name"]: job.get("basic_auth", False) for job in prometheus["prometheus_scrape_jobs"]}
+    assert [name for name, login in logins.items() if login] == ["alertmanager"], logins
+
+
+def test_preflight_knows_the_common_roles_default_for_ssh():
+    """preflight warns about SSH open to the world, reading common_firewall_ssh_cidrs or, when the
+    inventory leaves it unset, its own copy of the common role's default: the two must agree."""
+    common = _load("common", "defaults", "main.yml")["common_firewall_ssh_cidrs"]
+    assert _load("preflight", "defaults", "main.yml")["preflight_ssh_cidrs_default"] == common

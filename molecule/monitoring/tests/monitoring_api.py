@@ -60,12 +60,25 @@ def query(expr):
     return body["data"]["result"]
 
 
-def alertmanager_get(path):
+def alertmanager_status(path, auth=True):
+    """(HTTP status, body text) of a GET of the Alertmanager API on the monitoring host."""
     host = mon()
     url = "http://%s:9093%s" % (private_address(host), path)
-    result = host.run("curl -sS --max-time 15 %s", url)
+    args = ["curl", "-sS", "--max-time", "15", "-o", "/dev/stdout", "-w", "\n%{http_code}"]
+    if auth:
+        # Test-only credentials from the scenario's inventory (the monitoring login).
+        args += ["-u", "%s:%s" % ("matcraft", variables(host)["matcraft_monitoring_web_password"])]
+    args.append(url)
+    result = host.run(" ".join(["%s"] * len(args)), *args)
     assert result.rc == 0, result.stderr
-    return json.loads(result.stdout)
+    body, _, status = result.stdout.rpartition("\n")
+    return int(status), body
+
+
+def alertmanager_get(path):
+    status, body = alertmanager_status(path)
+    assert status == 200, (path, status, body)
+    return json.loads(body)
 
 
 def wait_for(what, check, timeout, interval=3):

@@ -8,8 +8,8 @@ import json
 import yaml
 
 from helpers import assert_unit_running
-from monitoring_api import (alertmanager_get, mon, notified_alerts, private_address, prometheus_get, query, svc,
-                            variables, wait_for)
+from monitoring_api import (alertmanager_get, alertmanager_status, mon, notified_alerts, private_address,
+                            prometheus_get, query, svc, variables, wait_for)
 from monitoring_api import webhook  # noqa: F401 - pytest fixture
 
 # job -> number of targets in this scenario
@@ -113,6 +113,12 @@ def test_alertmanager_configuration():
     _, body = prometheus_get("/api/v1/alertmanagers")
     assert [a["url"] for a in body["data"]["activeAlertmanagers"]] == [
         "http://%s:9093/api/v2/alerts" % private_address(host)]
+    # Its UI and API ask for the monitoring login (matcraft_monitoring_web_password).
+    status, _ = alertmanager_status("/api/v2/status", auth=False)
+    assert status == 401, status
+    web = host.file("/etc/prometheus/alertmanager-web.yml")
+    assert (web.user, web.group, web.mode) == ("root", "prometheus", 0o640)
+    assert variables(host)["matcraft_monitoring_web_password"] not in web.content_string
 
 
 def test_api_error_rate_alert_reaches_the_webhook(webhook):

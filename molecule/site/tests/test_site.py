@@ -294,7 +294,8 @@ def test_monitoring_is_served_over_tls(host):
     """inventories/small turns matcraft_monitoring_tls on: Prometheus, Alertmanager and the node,
     postgres, redis and blackbox exporters present certificates of the internal CA for their
     private addresses and answer plain HTTP with an error; Prometheus scrapes them and pushes
-    alerts over HTTPS. mtail, the nginx exporter and the worker sidecar stay plain HTTP."""
+    alerts over HTTPS. mtail, the nginx exporter and the worker sidecar stay plain HTTP.
+    Alertmanager asks for the monitoring login."""
     servers = [("site-monitor1", port) for port in (9090, 9093, 9115)] + [("site-db1", 9187), ("site-redis1", 9121)]
     servers += [(name, 9100) for name in ("site-api1", "site-db1", "site-redis1", "site-monitor1") + WORKERS]
     for name, port in servers:
@@ -314,6 +315,21 @@ def test_monitoring_is_served_over_tls(host):
         assert schemes.get(job) == {"http"}, (job, schemes)
     alertmanagers = prometheus(host, "/api/v1/alertmanagers")["data"]["activeAlertmanagers"]
     assert alertmanagers and all(a["url"].startswith("https://") for a in alertmanagers), alertmanagers
+    # Alertmanager asks for the monitoring login, inside TLS; Prometheus sends it with the
+    # alerts (the alert tests below) and its scrapes (its target is up: the next test).
+    url = "https://%s:9093/api/v2/status" % address_of(host)
+    curl = ["curl", "-sS", "--max-time", "10", "--cacert", "/etc/matcraft/pki/ca.crt", "-o", "/dev/null",
+            "-w", "%{http_code}"]
+    for login, expected in (([], "401"), (["-u", "matcraft:" + SECRETS["matcraft_monitoring_web_password"]], "200")):
+        args = curl + login + [url]
+        answer = host.run(" ".join(["%s"] * len(args)), *args)
+        assert answer.stdout == expected, (login[:1], answer.stdout, answer.stderr)
+    # amtool as docs/monitoring.md shows it: the login from Prometheus's password file.
+    host.run("install -m 0600 /dev/null /root/amtool-http.yml && printf %s > /root/amtool-http.yml",
+             "basic_auth:\n  username: matcraft\n  password_file: /etc/prometheus/self-scrape.password\n")
+    amtool = host.run("amtool --alertmanager.url=https://%s:9093 --http.config.file=/root/amtool-http.yml "
+                      "-o json alert query", address_of(host))
+    assert amtool.rc == 0 and amtool.stdout.startswith("["), (amtool.stdout[:300], amtool.stderr)
 
 
 def test_every_target_is_up_and_the_alerts_are_loaded(host):
@@ -331,6 +347,16 @@ def test_every_target_is_up_and_the_alerts_are_loaded(host):
     for target in active:
         jobs[target["labels"]["job"]] = jobs.get(target["labels"]["job"], 0) + 1
     assert jobs["node"] == 6 and jobs["worker_health"] == 2 and jobs["public_health"] == 1, jobs
+    # Every host's internal certificate is probed (job internal_tls, for
+    # MatcraftTlsCertificateExpiringSoon): the probe verifies it and reads its end.
+    assert jobs["internal_tls"] == 6, jobs
+    assert sorted(float(r["value"][1]) for r in query(host, 'probe_success{job="internal_tls"}')) == [1.0] * 6
+    expiry = {r["metric"]["matcraft_host"]: float(r["value"][1])
+              for r in query(host, 'probe_ssl_earliest_cert_expiry{job="internal_tls"}')}
+    assert len(expiry) == 6, expiry
+    for name, seconds in expiry.items():
+        end = peer(name).run("date -d \"$(openssl x509 -enddate -noout -in /etc/matcraft/pki/host.crt | cut -d= -f2)\" +%s")
+        assert end.rc == 0 and float(end.stdout) == seconds, (name, end.stdout, seconds)
     for job in ("postgres", "redis", "nginx", "mtail", "worker", "alertmanager", "prometheus"):
         assert jobs.get(job), (job, jobs)
     rules = prometheus(host, "/api/v1/rules")["data"]["groups"]
