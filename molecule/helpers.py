@@ -10,7 +10,7 @@ import pytest
 
 def journal(host, unit, lines=60):
     """Return the last lines of a unit's journal (for failure messages)."""
-    return host.run("journalctl -u %s -n %d --no-pager", unit, lines).stdout
+    return host.run("journalctl -u %s -n %s --no-pager", unit, str(lines)).stdout
 
 
 def assert_unit_running(host, unit):
