@@ -8,10 +8,12 @@ fqdn_problem     why a string is not a valid DNS name (empty string when valid)
 origin_problem   why a string is not an explicit https origin ('' when valid)
 secret_problem   why a secret is too weak or a placeholder ('' when strong)
 duplicate_secrets  names of secrets that share a value with another one
+bcrypt_hash      a bcrypt hash with a salt derived from a seed (stable across runs)
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 
@@ -194,6 +196,33 @@ def verify_report(hostvars, hosts):
     return {"lines": lines, "failed": failed, "summary": summary}
 
 
+def bcrypt_hash(password, seed, rounds=10):
+    """Return the bcrypt ($2b$) hash of ``password`` with a salt derived from ``seed``.
+
+    The same password and seed give the same hash, so a configuration file that
+    holds it changes only when the password does. The salt is the first 21 hex
+    digits of sha256(seed) and an 'e' (22 characters of bcrypt's alphabet, the
+    last one with zero padding bits): the value the roles passed to Ansible's
+    ``password_hash('bcrypt')`` before, so existing files keep their hash. Uses
+    the ``bcrypt`` library directly: passlib 1.7 prints a traceback with
+    bcrypt 4.1 and later.
+    """
+    try:
+        import bcrypt
+    except ImportError:
+        raise AnsibleFilterError(
+            "bcrypt_hash: the Python package bcrypt is missing on the controller: "
+            "pip install bcrypt (requirements.txt pins it)")
+    rounds = int(rounds)
+    if not 4 <= rounds <= 31:
+        raise AnsibleFilterError("bcrypt_hash: rounds must be 4 to 31, got %d" % rounds)
+    salt = hashlib.sha256(str(seed).encode("utf-8")).hexdigest()[:21] + "e"
+    encoded = str(password).encode("utf-8")
+    if len(encoded) > 72:
+        raise AnsibleFilterError("bcrypt_hash: bcrypt uses at most 72 bytes of a password; this one is longer")
+    return bcrypt.hashpw(encoded, ("$2b$%02d$%s" % (rounds, salt)).encode("ascii")).decode("ascii")
+
+
 class FilterModule(object):
     """matcraft.deploy filters."""
 
@@ -205,4 +234,5 @@ class FilterModule(object):
             "origin_problem": origin_problem,
             "secret_problem": secret_problem,
             "duplicate_secrets": duplicate_secrets,
+            "bcrypt_hash": bcrypt_hash,
         }
