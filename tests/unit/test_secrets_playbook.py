@@ -61,3 +61,17 @@ def test_existing_file_is_kept_unless_forced(workdir):
     assert _run(workdir, "-e", "secrets_force=true").returncode == 0
     second = _view(workdir)
     assert all(first[k] != second[k] for k in first), "a secret was reused after rotation"
+
+
+def test_rotation_keeps_the_old_ca_passphrase_for_the_re_encryption(workdir):
+    assert _run(workdir).returncode == 0
+    first = _view(workdir)
+    rotated = _run(workdir, "-e", "secrets_force=true")
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    second = _view(workdir)
+    assert second["matcraft_pki_ca_passphrase_previous"] == first["matcraft_pki_ca_passphrase"]
+    assert second["matcraft_pki_ca_passphrase"] != first["matcraft_pki_ca_passphrase"]
+    for name in first:
+        assert second[name] != first[name], name
+        assert first[name] not in rotated.stdout + rotated.stderr, "%s was printed" % name
+    assert filters.duplicate_secrets(second) == []

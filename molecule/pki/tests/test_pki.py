@@ -72,6 +72,82 @@ def test_renewal_before_expiry():
     assert key_before == server.run("sha256sum /etc/matcraft/pki/host.key").stdout, "key changed"
 
 
+PASSPHRASE = "Ow5mJc8Tq2XvNz7Lk4RbYe9Hd3Gs6Pa1Fu0W"  # converge.yml's
+
+
+def converge(*extra):
+    """converge.yml again with extra arguments; JSON results keep each message on one line."""
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", ANSIBLE_CALLBACK_RESULT_FORMAT="json")
+    run = subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+                          os.path.join(SCENARIO, "converge.yml")] + list(extra),
+                         capture_output=True, text=True, env=env, timeout=300, check=False)
+    return run, run.stdout + run.stderr
+
+
+def recap_changed(output):
+    return [line.split()[0] for line in output.split("PLAY RECAP", 1)[1].splitlines()
+            if "changed=" in line and "changed=0" not in line]
+
+
+def fingerprints():
+    """The CA certificate and each host's certificate serial: what a rotation must keep."""
+    with open(os.path.join(CA_DIR, "ca.crt")) as handle:
+        ca = handle.read()
+    serials = {name: peer(name).run("openssl x509 -in /etc/matcraft/pki/host.crt -noout -serial").stdout
+               for name in ("pki-server", "pki-client")}
+    return ca, serials
+
+
+def key_opens(passphrase):
+    return subprocess.run(["openssl", "pkey", "-in", os.path.join(CA_DIR, "ca.key"), "-passin", "stdin", "-noout"],
+                          input=passphrase + "\n", capture_output=True, text=True, check=False).returncode == 0
+
+
+def test_a_new_ca_passphrase_re_encrypts_the_key_and_keeps_the_ca():
+    """A rotated passphrase (matcraft.deploy.secrets keeps the old one as
+    matcraft_pki_ca_passphrase_previous) re-encrypts the CA key: the CA and every
+    host certificate stay, and the next run changes nothing."""
+    new = "Zq8Lw3Nv6Tb1Xc9Rm4Kj7Hf2Gd5Sa0PyUe"
+    before = fingerprints()
+    try:
+        run, output = converge("-e", "pki_ca_passphrase=" + new, "-e", "pki_ca_passphrase_previous=" + PASSPHRASE)
+        assert run.returncode == 0, output[-3000:]
+        assert len(recap_changed(output)) == 1, output[-1500:]  # run_once: the key, reported by one host
+        assert key_opens(new) and not key_opens(PASSPHRASE)
+        assert fingerprints() == before, "the CA or a host certificate changed"
+        again, output = converge("-e", "pki_ca_passphrase=" + new)
+        assert again.returncode == 0 and recap_changed(output) == [], output[-1500:]
+        for secret in (new, PASSPHRASE):
+            assert secret not in output
+    finally:
+        back, output = converge("-e", "pki_ca_passphrase=" + PASSPHRASE, "-e", "pki_ca_passphrase_previous=" + new)
+        assert back.returncode == 0, output[-3000:]
+    assert key_opens(PASSPHRASE) and fingerprints() == before
+
+
+def test_inventory_edits_never_make_a_new_ca_of_a_running_environment(tmp_path):
+    """A renamed environment, a lost CA directory, a passphrase that opens nothing:
+    each stops the run before any change, with the variable, what differs and the fix."""
+    before = fingerprints()
+    cases = [
+        (["-e", "matcraft_environment=staging"],
+         "pki_ca_common_name: the internal CA in %s is named 'MatCraft internal CA (production)', and this "
+         "inventory names it 'MatCraft internal CA (staging)'" % CA_DIR),
+        (["-e", "pki_ca_dir=%s" % (tmp_path / "elsewhere")],
+         "pki_ca_dir: no internal CA in %s, but 2 host(s) (pki-client, pki-server) trust one already"
+         % (tmp_path / "elsewhere")),
+        (["-e", "pki_ca_passphrase=Wr0ngPassphraseWr0ngPassphraseWr0ng"],
+         "matcraft_pki_ca_passphrase: does not open %s/ca.key" % CA_DIR),
+    ]
+    for extra, message in cases:
+        run, output = converge(*extra)
+        assert run.returncode != 0, output[-3000:]
+        assert message in output, "%r not in:\n%s" % (message, output[-3000:])
+        assert recap_changed(output) == [], output[-1500:]
+    assert not (tmp_path / "elsewhere").exists()
+    assert fingerprints() == before
+
+
 def test_a_ca_left_where_earlier_builds_kept_it_stops_the_role(tmp_path):
     """Earlier builds kept the CA in <inventory>/pki, which Ansible then read as inventory; the
     default is now <inventory>/.pki. With a CA only in the old place, the role stops before it

@@ -1,0 +1,118 @@
+# -*- coding: utf-8 -*-
+# Copyright: matcraft.deploy contributors
+# Apache License 2.0 (see LICENSE)
+"""Filters of the pki role's CA identity check (run by preflight before any change).
+
+private_key_opens     index of the first passphrase that opens a private key file (-1: none)
+ca_identity_problems  why this run would replace the CA of a running environment
+"""
+
+from __future__ import annotations
+
+import base64
+
+try:
+    from ansible.errors import AnsibleFilterError
+except ImportError:  # pragma: no cover - only when used without ansible-core
+    class AnsibleFilterError(ValueError):
+        """Raised for misuse of a filter."""
+
+RUNBOOK = "docs/runbooks/pki.md"
+
+
+def private_key_opens(path, passphrases):
+    """Return the index of the first passphrase that opens the PEM private key at ``path``; -1 if none.
+
+    An empty passphrase stands for an unencrypted key. Never returns or raises
+    with a passphrase in it.
+    """
+    try:
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    except ImportError:
+        raise AnsibleFilterError("private_key_opens: the Python package cryptography is missing on the controller")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise AnsibleFilterError("private_key_opens: cannot read %s: %s" % (path, exc.strerror))
+    for index, passphrase in enumerate(passphrases or []):
+        secret = passphrase.encode("utf-8") if passphrase else None
+        try:
+            load_pem_private_key(data, password=secret)
+            return index
+        except (TypeError, ValueError):
+            # TypeError: a passphrase for an unencrypted key or none for an
+            # encrypted one; ValueError: a wrong passphrase.
+            continue
+    return -1
+
+
+def _pem_body(pem):
+    """The base64 body of a PEM certificate, without line breaks: two copies of one certificate compare equal.
+
+    ``pem`` may also be the result of Ansible's slurp module (base64 of the
+    file), or of a skipped slurp (no file: '').
+    """
+    if isinstance(pem, dict):
+        pem = base64.b64decode(pem["content"]).decode("ascii", "replace") if pem.get("content") else ""
+    lines = [line.strip() for line in str(pem or "").strip().splitlines()]
+    return "".join(line for line in lines if line and not line.startswith("-----"))
+
+
+def ca_identity_problems(ca, expected_name, hosts_trust, ca_dir, replace=False):
+    """Messages that stop a run which would replace the internal CA of a running environment.
+
+    ``ca``: what the controller has in ``ca_dir``: {"crt": bool, "key": bool,
+    "name": the certificate's common name, "pem": its PEM, "key_opens": the
+    index from private_key_opens over [current, previous] passphrase, or -1}.
+    ``expected_name``: the common name this inventory gives the CA.
+    ``hosts_trust``: {host: PEM (or slurp result) of the CA certificate the
+    host trusts today}; hosts without one (not deployed yet) count for nothing. ``replace``: the operator rotates
+    the CA on purpose (pki_ca_replace): only the checks of the key remain.
+    """
+    problems = []
+    hosts_trust = {host: pem for host, pem in (hosts_trust or {}).items() if _pem_body(pem)}
+    runbook = "to replace the CA on purpose, follow %s (Replace the CA)" % RUNBOOK
+    if ca.get("crt") and not ca.get("key"):
+        problems.append(
+            "pki_ca_dir: %s has the CA certificate but not its key ca.key, so no certificate can be issued or renewed. "
+            "Fix: restore ca.key from your backup of %s; %s." % (ca_dir, ca_dir, runbook))
+    if ca.get("key") and int(ca.get("key_opens", -1)) < 0:
+        problems.append(
+            "matcraft_pki_ca_passphrase: does not open %s/ca.key (nor does matcraft_pki_ca_passphrase_previous), "
+            "and the CA is never replaced because of a passphrase. Fix: set matcraft_pki_ca_passphrase back to the "
+            "passphrase the key was made with, or, to change it, set matcraft_pki_ca_passphrase_previous to the old "
+            "one: the run then re-encrypts the key with the new one." % ca_dir)
+    if replace:
+        return problems
+    if ca.get("crt") and ca.get("name") != expected_name:
+        problems.append(
+            "pki_ca_common_name: the internal CA in %s is named '%s', and this inventory names it '%s' "
+            "(from matcraft_environment): a new name would make a new CA and new certificates on every host. "
+            "Fix: put matcraft_environment back, or keep the name with pki_ca_common_name: '%s' in group_vars/all; "
+            "%s." % (ca_dir, ca.get("name"), expected_name, ca.get("name"), runbook))
+    if not ca.get("crt") and hosts_trust:
+        names = sorted(hosts_trust)
+        problems.append(
+            "pki_ca_dir: no internal CA in %s, but %d host(s) (%s) trust one already: a new CA would replace the "
+            "certificate of every host and break TLS between them. Fix: restore %s from your backup, or point "
+            "pki_ca_dir at the directory that holds this environment's CA; %s."
+            % (ca_dir, len(names), ", ".join(names), ca_dir, runbook))
+    elif ca.get("crt"):
+        strangers = sorted(host for host, pem in hosts_trust.items() if _pem_body(pem) != _pem_body(ca.get("pem")))
+        if strangers:
+            problems.append(
+                "pki_ca_dir: the CA in %s is not the CA that %d host(s) (%s) trust: the run would replace their "
+                "certificates. Fix: point pki_ca_dir at the directory that holds this environment's CA (each "
+                "environment has its own); %s." % (ca_dir, len(strangers), ", ".join(strangers), runbook))
+    return problems
+
+
+class FilterModule(object):
+    """matcraft.deploy pki filters."""
+
+    def filters(self):
+        return {
+            "private_key_opens": private_key_opens,
+            "ca_identity_problems": ca_identity_problems,
+        }
