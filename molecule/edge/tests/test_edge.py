@@ -1,7 +1,8 @@
 """The edge: a real certificate from the ACME test CA (Pebble, HTTP-01), its
 renewal without a restart, the TLS policy and headers, load balancing over
 TLS to two API hosts, rate limits, the WAF, WebSockets, JSON logs, the
-loopback-only stub_status, failover and draining an API host.
+loopback-only stub_status, malformed requests answered 4xx (never a 5xx the
+error-rate alert would count), failover and draining an API host.
 
 `host` is the edge (edge-proxy); edge-acme is the outside client, and every
 HTTPS request verifies the served chain against Pebble's root fetched from its
@@ -10,6 +11,7 @@ management API. Certificate validation is never switched off.
 
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -28,6 +30,10 @@ LIVE = "/etc/letsencrypt/live/%s" % DOMAIN
 JSON_LOG = "/var/log/nginx/matcraft_access.json"
 API_HOSTS = {"edge-api", "edge-api2"}
 DASHBOARD = "https://dashboard.edge-proxy.test"
+# The mtail program whose counter the API error-rate alert reads (5xx / all).
+MTAIL_PROGRAM = os.path.join(os.path.dirname(os.path.dirname(SCENARIO)), "roles", "prometheus", "templates",
+                             "mtail", "nginx_matcraft.mtail.j2")
+RAW_PROBE = "/usr/local/lib/edge-test/raw_probe.py"
 # Pebble issues certificates without a CRL or OCSP URI (Let's Encrypt's carry
 # a CRL URI); testssl.sh rates that HIGH. Nothing in nginx can change it.
 TESTSSL_TEST_CA_FINDINGS = {"cert_revocation"}
@@ -305,6 +311,148 @@ def test_uploads_within_limit_and_413_above(client, root, edge_ip):
         assert status == 413 and json.loads(body)["detail"]
     finally:
         client.run("rm -f /tmp/edge-test-3m.csv /tmp/edge-test-9m.bin")
+
+
+def malformed_corpus():
+    """Malformed requests as raw bytes: (name, parts, expectation), parts as raw_probe.py takes them.
+
+    "4xx": nginx must refuse it with a 4xx (or close the connection without an
+    answer). "not 5xx": nginx reads it as a valid request and passes it on;
+    whatever comes back must not be a 5xx.
+    """
+    host = "Host: %s\r\n" % DOMAIN
+    get = "GET /v1/probe HTTP/1.1\r\n" + host
+    post = "POST /v1/echo HTTP/1.1\r\n" + host + "Content-Type: application/json\r\n"
+    return [
+        ("garbage request line", [["GARBAGE\r\n\r\n", 1]], "4xx"),
+        ("invalid method characters", [["G@T /v1/probe HTTP/1.1\r\n" + host + "\r\n", 1]], "4xx"),
+        ("lowercase method", [["get /v1/probe HTTP/1.1\r\n" + host + "\r\n", 1]], "4xx"),
+        ("no URI", [["GET  HTTP/1.1\r\n" + host + "\r\n", 1]], "4xx"),
+        ("junk after the version", [["GET /v1/probe HTTP/1.1 junk\r\n" + host + "\r\n", 1]], "4xx"),
+        ("HTTP version 9.9", [["GET /v1/probe HTTP/9.9\r\n" + host + "\r\n", 1]], "4xx"),
+        ("HTTP/2.0 request line over HTTP/1", [["GET /v1/probe HTTP/2.0\r\n" + host + "\r\n", 1]], "4xx"),
+        ("HTTP version 1.x", [["GET /v1/probe HTTP/1.x\r\n" + host + "\r\n", 1]], "4xx"),
+        ("misspelt protocol", [["GET /v1/probe HTPT/1.1\r\n" + host + "\r\n", 1]], "4xx"),
+        ("control character in the URI", [["GET /v1/pro\x01be HTTP/1.1\r\n" + host + "\r\n", 1]], "4xx"),
+        ("NUL in the URI", [["GET /v1/pro\x00be HTTP/1.1\r\n" + host + "\r\n", 1]], "4xx"),
+        ("DEL in the URI", [["GET /v1/pro\x7fbe HTTP/1.1\r\n" + host + "\r\n", 1]], "4xx"),
+        ("invalid percent-encoding", [["GET /v1/%zz HTTP/1.1\r\n" + host + "\r\n", 1]], "4xx"),
+        ("truncated percent-encoding", [["GET /v1/probe%2 HTTP/1.1\r\n" + host + "\r\n", 1]], "4xx"),
+        ("encoded NUL in the URI", [["GET /v1/a%00b HTTP/1.1\r\n" + host + "\r\n", 1]], "4xx"),
+        ("path above the root", [["GET /../../etc/passwd HTTP/1.1\r\n" + host + "\r\n", 1]], "4xx"),
+        ("invalid absolute URI", [["GET http://[::1/v1/probe HTTP/1.1\r\n" + host + "\r\n", 1]], "4xx"),
+        ("URI longer than the header buffers", [["GET /v1/", 1], ["a", 40000], [" HTTP/1.1\r\n" + host + "\r\n", 1]],
+         "4xx"),
+        ("one header larger than a buffer", [[get + "X-Big: ", 1], ["b", 40000], ["\r\n\r\n", 1]], "4xx"),
+        ("header block larger than all buffers", [[get, 1], ["X-Many: " + "m" * 1000 + "\r\n", 60], ["\r\n", 1]], "4xx"),
+        ("NUL in a header name", [[get + "X-Bad\x00Name: x\r\n\r\n", 1]], "4xx"),
+        ("control character in a header name", [[get + "X-Bad\x01Name: x\r\n\r\n", 1]], "4xx"),
+        ("NUL in a header value", [[get + "X-Value: a\x00b\r\n\r\n", 1]], "4xx"),
+        ("obsolete line folding", [[get + " X-Folded: x\r\n\r\n", 1]], "4xx"),
+        ("HTTP/1.1 without Host", [["GET /v1/probe HTTP/1.1\r\n\r\n", 1]], "4xx"),
+        ("two Host headers", [[get + host + "\r\n", 1]], "4xx"),
+        ("invalid Host", [["GET /v1/probe HTTP/1.1\r\nHost: ../a/b\r\n\r\n", 1]], "4xx"),
+        ("conflicting Content-Length", [[post + "Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}", 1]], "4xx"),
+        ("non-numeric Content-Length", [[post + "Content-Length: abc\r\n\r\n{}", 1]], "4xx"),
+        ("negative Content-Length", [[post + "Content-Length: -2\r\n\r\n{}", 1]], "4xx"),
+        ("Content-Length with Transfer-Encoding",
+         [[post + "Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 1]], "4xx"),
+        ("unknown Transfer-Encoding", [[post + "Transfer-Encoding: gzip\r\n\r\n", 1]], "4xx"),
+        ("Transfer-Encoding in HTTP/1.0",
+         [["POST /v1/echo HTTP/1.0\r\n" + host + "Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 1]], "4xx"),
+        ("invalid chunk size", [[post + "Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", 1]], "4xx"),
+        ("chunk longer than its size", [[post + "Transfer-Encoding: chunked\r\n\r\n1\r\n{}\r\n0\r\n\r\n", 1]], "4xx"),
+        ("body over the size limit (8 MiB)",
+         [["POST /v1/datasets/upload HTTP/1.1\r\n" + host + "Content-Type: application/octet-stream\r\n"
+           "Content-Length: 9437184\r\n\r\n", 1], ["0", 65536]], "4xx"),
+        # nginx reads a line without a colon as a header with an empty value.
+        ("header line without a colon", [[get + "NoColonHere\r\n\r\n", 1]], "not 5xx"),
+    ]
+
+
+def malformed_probes():
+    """The corpus for raw_probe.py (each request over TLS to 443 and plain to 80) and the expectation per name."""
+    corpus, expected = [], {}
+    for name, parts, expect in malformed_corpus():
+        for scheme, port, tls in (("https", 443, True), ("http", 80, False)):
+            corpus.append({"name": "%s: %s" % (scheme, name), "port": port, "tls": tls, "parts": parts})
+            expected["%s: %s" % (scheme, name)] = expect
+    corpus.append({"name": "plain HTTP to the HTTPS port", "port": 443, "tls": False,
+                   "parts": [["GET /v1/probe HTTP/1.1\r\nHost: %s\r\n\r\n" % DOMAIN, 1]]})
+    expected["plain HTTP to the HTTPS port"] = "4xx"
+    return corpus, expected
+
+
+def wrong_answers(results, expected):
+    """The raw_probe.py results that break their expectation."""
+    wrong = []
+    for result in results:
+        status, expect = result["status"], expected[result["name"]]
+        if status is None:
+            # Closed by nginx without an answer is acceptable; hanging is not.
+            if not result["closed"] or result["timed_out"]:
+                wrong.append(result)
+        elif status >= 500 or (expect == "4xx" and status < 400):
+            wrong.append(result)
+        elif 400 <= status < 500:
+            # nginx's own errors keep their JSON bodies and the security headers.
+            try:
+                detail = json.loads(result["body"])["detail"]
+            except (ValueError, KeyError, TypeError):
+                detail = None
+            if not detail or (result["name"].startswith("https") and
+                              "strict-transport-security" not in result["head"].lower()):
+                wrong.append(result)
+    return wrong
+
+
+def mtail_status_pattern():
+    """The regex with which the mtail program reads the status the error-rate alert counts."""
+    with open(MTAIL_PROGRAM, encoding="utf-8") as program:
+        for line in program:
+            if "(?P<status>" in line:
+                return re.compile(line.strip().rstrip("{").strip().strip("/"))
+    pytest.fail("no status pattern in %s" % MTAIL_PROGRAM)
+
+
+def test_malformed_requests_get_4xx_never_5xx(host, client, root, edge_ip):
+    """Malformed requests from a host of no inventory group (edge-acme), as raw
+    bytes over TLS and plain HTTP: every answer is a 4xx with a JSON body, and
+    the access log, as the mtail program behind the error-rate alert reads
+    it, counts no 5xx for them. (The old configuration answered 500: its 400
+    page was a named location, which a request without a parsed URI cannot
+    reach; and 505 and 501 for a bad version or Transfer-Encoding.)"""
+    wait_for_bucket()
+    corpus, expected = malformed_probes()
+    client.run("printf '%%s' %s > /tmp/edge-test-malformed.json", json.dumps(corpus))
+    log_size = int(host.run("stat -c %%s %s", JSON_LOG).stdout.strip())
+    # 0.3 s apart: under the rate limit (5 r/s) of an untrusted client.
+    cmd = client.run("python3 %s --connect %s --name %s --cafile %s --corpus /tmp/edge-test-malformed.json "
+                     "--pause 0.3 --timeout 10", RAW_PROBE, edge_ip, DOMAIN, root)
+    assert cmd.rc == 0, cmd.stderr
+    results = json.loads(cmd.stdout)
+    assert [r["name"] for r in results] == [e["name"] for e in corpus]
+    wrong = wrong_answers(results, expected)
+    summary = ["%s %s" % (r["status"], r["name"]) for r in results]
+    assert not wrong, json.dumps(wrong, indent=1)[:6000] + "\n" + "\n".join(summary)
+    refused = [r for r in results if r["status"] is not None and 400 <= r["status"] < 500]
+    assert len(refused) >= len(corpus) - 2, summary
+
+    # The access log as mtail reads it: a line per request, none counted 5xx.
+    pattern = mtail_status_pattern()
+    client_field = '"remote_addr":"%s"' % address_of(client)
+    logged = [line for line in host.run("tail -c +%s %s", str(log_size + 1), JSON_LOG).stdout.splitlines()
+              if client_field in line]
+    answered = [r for r in results if r["status"] is not None]
+    assert len(logged) >= len(answered), "\n".join(logged)
+    statuses = []
+    for line in logged:
+        match = pattern.search(line)
+        assert match, "mtail would skip this line: %s" % line
+        statuses.append(int(match.group("status")))
+    assert not [s for s in statuses if s >= 500], "\n".join(logged)
+    assert len([s for s in statuses if 400 <= s < 500]) >= len(refused)
+    client.run("rm -f /tmp/edge-test-malformed.json")
 
 
 def test_websocket_receives_message_published_upstream(client, root, edge_ip):
