@@ -44,6 +44,40 @@ CASES = [
                           "preflight_resources_strict": True}, "smaller than the medium tier's specification"),
 ]
 
+# The valid inventory keeps the common role's default for SSH (open to the world): a warning.
+SSH_WARNING = ("WARNING common_firewall_ssh_cidrs admits 0.0.0.0/0 and ::/0 to SSH (port 22) on every host: "
+               "narrow it to your admin networks in the inventory's group_vars/all/main.yml.")
+# (case id, changes to the valid inventory, the exact list of messages of the failure,
+#  the exact warnings printed before it): checks of plugins/filter/preflight.py.
+EXACT_CASES = [
+    ("environment-empty", {"matcraft_environment": ""},
+     ["matcraft_environment: is empty, and the internal CA's name is made from it. Fix: set it to a short lowercase "
+      "name such as production or staging (letters, digits and -, at most 32, starting with a letter)."],
+     [SSH_WARNING]),
+    ("retention-zero", {"postgresql_pgbackrest_retention_full_days": 0},
+     ["postgresql_pgbackrest_retention_full_days: 0 is out of range; it must be a whole number of days from 1 to "
+      "3650. Fix: set a value in that range, such as 7 (the default)."], [SSH_WARNING]),
+    ("archive-timeout-negative", {"postgresql_archive_timeout": -5},
+     ["postgresql_archive_timeout: -5 is out of range; it must be a whole number of seconds from 1 to 86400. Fix: "
+      "set a value in that range, such as 60 (the default)."], [SSH_WARNING]),
+    ("archive-timeout-not-a-number", {"postgresql_archive_timeout": "1 minute"},
+     ["postgresql_archive_timeout: '1 minute' is not a whole number; it must be a whole number of seconds from 1 to "
+      "86400. Fix: write a plain number, such as 60 (the default)."], [SSH_WARNING]),
+    ("ssh-cidr-invalid", {"common_firewall_ssh_cidrs": ["192.0.2.0/24", "10.0.0.0/33"]},
+     ["common_firewall_ssh_cidrs: '10.0.0.0/33' is not an IPv4 or IPv6 network. Fix: write each entry as an address "
+      "or network in CIDR form, such as 192.0.2.0/24 or 2001:db8::/32."], []),
+    # The typo is why Redis would have no port at all: the warning names the right variable.
+    ("redis-tls-only-typo", {"redis_tls_only": True, "redis_tls_enabeld": True},
+     ["redis_tls_only: is true, but redis_tls_enabled is not: the only port (plain) would be closed. Fix: set "
+      "redis_tls_enabled: true as well, or redis_tls_only: false."],
+     [SSH_WARNING, "WARNING redis_tls_enabeld: no role of matcraft.deploy reads this variable, so it changes "
+      "nothing. Fix: did you mean redis_tls_enabled? Rename it."]),
+    ("monitoring-tls-mismatch", {"matcraft_monitoring_tls": True, "exporters_tls": False},
+     ["prometheus_scrape_tls: is True while exporters_tls is False and alertmanager_tls is True: Prometheus and the "
+      "servers it scrapes would not agree on HTTPS. Fix: set matcraft_monitoring_tls once and remove "
+      "prometheus_scrape_tls, exporters_tls and alertmanager_tls."], [SSH_WARNING]),
+]
+
 
 def _inventory_dir(changes):
     """A temporary inventory: the scenario's hosts plus modified group_vars/all.yml."""
@@ -77,11 +111,51 @@ def _probe_case(changes):
         shutil.rmtree(inventory)
 
 
+def _failure_messages(output):
+    """The messages of the failures: with the json result format each is one line,
+    fatal: [host]: FAILED! => {...}."""
+    return [json.loads(line.split("=>", 1)[1])["msg"] for line in output.splitlines() if line.startswith("fatal: [")]
+
+
+def _warnings(output):
+    """The WARNING messages the debug tasks printed (one json line each), but the
+    hosts' sizes (the containers see the machine, not a VM of the tier)."""
+    found = []
+    lines = output.splitlines()
+    for start, line in enumerate(lines):
+        if not (line.startswith("ok: [") and "=> {" in line):
+            continue
+        # A debug result is indented JSON over the lines up to the closing brace.
+        text, end = line[line.rindex("=> {") + 3:], start
+        while True:
+            try:
+                msg = json.loads(text).get("msg")
+                break
+            except ValueError:
+                end += 1
+                if end >= len(lines):
+                    msg = None
+                    break
+                text += "\n" + lines[end]
+        if isinstance(msg, str) and msg.startswith("WARNING ") and not msg.startswith("WARNING host "):
+            found.append(msg)
+    return found
+
+
+def _assert_nothing_changed(case, output):
+    """Every recap line says changed=0, and no host has the marker of probe.yml."""
+    recap = re.findall(r"^(\S+)\s*:\s*ok=\d+\s+changed=(\d+)", output, re.M)
+    assert {h for h, _ in recap} >= set(HOSTS), output[-2000:]
+    assert all(int(changed) == 0 for _, changed in recap), "%s: a host changed\n%s" % (case, output[-2000:])
+    for name in HOSTS:
+        assert not peer(name).file("/root/preflight-marker").exists, "%s: %s was changed" % (case, name)
+
+
 @pytest.fixture(scope="module")
 def case_results():
     """Run every broken inventory, four at a time (each run only reads the hosts)."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {case: pool.submit(_probe_case, changes) for case, changes, _ in CASES}
+        futures = {case[0]: pool.submit(_probe_case, case[1]) for case in CASES + EXACT_CASES}
         return {case: future.result() for case, future in futures.items()}
 
 
@@ -92,14 +166,22 @@ def test_broken_inventory_is_refused(case_results, case, expected):
     assert result.returncode != 0, "%s: the run succeeded\n%s" % (case, output[-3000:])
     assert expected in output, "%s: expected %r in the output\n%s" % (case, expected, output[-3000:])
     # No host changed: every recap line says changed=0, and no marker was written.
-    recap = re.findall(r"^(\S+)\s*:\s*ok=\d+\s+changed=(\d+)", output, re.M)
-    assert {h for h, _ in recap} >= set(HOSTS), output[-2000:]
-    assert all(int(changed) == 0 for _, changed in recap), "%s: a host changed\n%s" % (case, output[-2000:])
-    for name in HOSTS:
-        assert not peer(name).file("/root/preflight-marker").exists, "%s: %s was changed" % (case, name)
+    _assert_nothing_changed(case, output)
     # A secret value never appears in the output.
     for key in ("matcraft_secret_key", "matcraft_db_password", "matcraft_redis_password"):
         assert GOOD[key] not in output, "%s: the value of %s was printed" % (case, key)
+
+
+@pytest.mark.parametrize("case,expected,warnings", [(c[0], c[2], c[3]) for c in EXACT_CASES],
+                         ids=[c[0] for c in EXACT_CASES])
+def test_broken_inventory_gives_exactly_its_messages(case_results, case, expected, warnings):
+    """The exact list of messages: one per mistake, nothing else; the warnings before them; no host changed."""
+    result = case_results[case]
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, "%s: the run succeeded\n%s" % (case, output[-3000:])
+    assert _failure_messages(output) == [expected], "%s\n%s" % (case, output[-3000:])
+    assert _warnings(output) == warnings, "%s\n%s" % (case, output[-3000:])
+    _assert_nothing_changed(case, output)
 
 
 def test_one_message_per_mistake():
@@ -111,9 +193,7 @@ def test_one_message_per_mistake():
     finally:
         shutil.rmtree(inventory)
     assert result.returncode != 0
-    # With the json result format each failure is one line: fatal: [host]: FAILED! => {...}
-    messages = [json.loads(line.split("=>", 1)[1])["msg"]
-                for line in (result.stdout + result.stderr).splitlines() if line.startswith("fatal: [")]
+    messages = _failure_messages(result.stdout + result.stderr)
     assert len(messages) == 1, messages
     expected = ("matcraft_domain: 'bad' has no dot", "matcraft_cors_origins: '*' is a wildcard",
                 "matcraft_redis_password: has 5 characters")
@@ -126,10 +206,23 @@ def test_valid_inventory_passes():
     result = _probe_case({})
     assert result.returncode == 0, result.stdout[-3000:]
     # The scenario keeps the common role's default for SSH: open to the world, which is
-    # worth a warning but not a stop.
-    assert ("WARNING common_firewall_ssh_cidrs admits 0.0.0.0/0 and ::/0 to SSH (port 22) on every host: "
-            "narrow it to your admin networks") in result.stdout, result.stdout[-3000:]
+    # worth a warning but not a stop; it is the only warning.
+    assert _warnings(result.stdout) == [SSH_WARNING], result.stdout[-3000:]
     for name in HOSTS:
         marker = peer(name).file("/root/preflight-marker")
         assert marker.exists
         peer(name).run("rm -f /root/preflight-marker")
+
+
+def test_a_typo_warns_and_does_not_stop_the_run():
+    """A variable no role reads is a warning naming the closest known one; the run goes on."""
+    result = _probe_case({"matcraft_domian": "matcraft.test.internal"})
+    try:
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert _warnings(result.stdout) == [
+            SSH_WARNING,
+            "WARNING matcraft_domian: no role of matcraft.deploy reads this variable, so it changes nothing. Fix: did "
+            "you mean matcraft_domain? Rename it."], result.stdout[-3000:]
+    finally:
+        for name in HOSTS:
+            peer(name).run("rm -f /root/preflight-marker")

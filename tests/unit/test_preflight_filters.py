@@ -1,0 +1,593 @@
+"""Unit tests of plugins/filter/preflight.py: the preflight role's inventory checks.
+
+Every check: a valid value gives no message, each bad value exactly the expected one.
+"""
+
+import copy
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+import preflight as p
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.dirname(sys.executable)
+PREFLIGHT_DEFAULTS = yaml.safe_load(open(os.path.join(ROOT, "roles", "preflight", "defaults", "main.yml")))
+SETTINGS = {
+    "tiers": PREFLIGHT_DEFAULTS["preflight_tiers"],
+    "group_min_hosts_by_tier": PREFLIGHT_DEFAULTS["preflight_group_min_hosts_by_tier"],
+    "groups": None,
+    "check_domain": True,
+    "tls_modes": PREFLIGHT_DEFAULTS["preflight_tls_modes"],
+}
+GROUPS = {"matcraft_api": ["app1"], "matcraft_workers": ["app1"], "matcraft_edge": ["app1"],
+          "matcraft_database": ["data1"], "matcraft_redis": ["data1"], "matcraft_monitoring": ["data1"]}
+# The example inventory's group_vars/all/main.yml and tier.yml (secrets are checked elsewhere).
+GOOD = dict(yaml.safe_load(open(os.path.join(ROOT, "inventories", "small", "group_vars", "all", "main.yml"))),
+            matcraft_tier="small", matcraft_acme_email="ops@matcraft.test.internal")
+DELETE = object()
+
+
+def _vars(changes):
+    variables = copy.deepcopy(GOOD)
+    for name, value in changes.items():
+        if value is DELETE:
+            variables.pop(name, None)
+        else:
+            variables[name] = value
+    return variables
+
+
+def problems(changes=None, host_changes=None, settings=None):
+    """preflight_problems for two hosts sharing group_vars; host_changes: {host: {name: value}}."""
+    hostvars = {host: _vars(changes or {}) for host in ("app1", "data1")}
+    for host, more in (host_changes or {}).items():
+        hostvars[host].update(more)
+    return p.preflight_problems(hostvars, ["app1", "data1"], GROUPS, dict(SETTINGS, **(settings or {})))
+
+
+def warnings(changes=None, host_changes=None):
+    hostvars = {host: _vars(changes or {}) for host in ("app1", "data1")}
+    for host, more in (host_changes or {}).items():
+        hostvars[host].update(more)
+    return p.preflight_warnings(hostvars, ["app1", "data1"])
+
+
+def test_valid_inventory_has_no_problem_and_no_warning():
+    assert problems() == []
+    assert warnings() == []
+
+
+# --- The checks that moved from inventory_problems.j2 (same messages) ----------------
+@pytest.mark.parametrize("changes,expected", [
+    ({"matcraft_tier": "large"}, ["matcraft_tier: 'large' is not a tier. Fix: set matcraft_tier to one of small, "
+                                  "medium in group_vars/all."]),
+    ({"matcraft_domain": DELETE}, ["matcraft_domain: not set. Fix: set it to the public DNS name of the API, such as "
+                                   "matcraft.example.org."]),
+    ({"matcraft_domain": "matcraft"}, ["matcraft_domain: 'matcraft' has no dot: give the full name, such as "
+                                       "matcraft.example.org. Fix: set it to the public DNS name of the API, such as "
+                                       "matcraft.example.org."]),
+    ({"matcraft_tls_mode": "selfsigned"}, ["matcraft_tls_mode: 'selfsigned' is not a mode. Fix: use one of "
+                                           "letsencrypt, provided, internal."]),
+    ({"matcraft_acme_email": DELETE}, ["matcraft_acme_email: not set, and Let's Encrypt needs a contact address. "
+                                       "Fix: set matcraft_acme_email to an address that receives expiry notices, or "
+                                       "choose another matcraft_tls_mode."]),
+    ({"matcraft_acme_email": "admin@example.com"}, ["matcraft_acme_email: 'admin@example.com' is not a real e-mail "
+                                                    "address. Fix: give an address that receives Let's Encrypt "
+                                                    "expiry notices."]),
+    ({"matcraft_cors_origins": ["*"]}, ["matcraft_cors_origins: '*' is a wildcard: list the dashboard's exact "
+                                        "origin. Fix: list only the dashboard's exact origin, such as "
+                                        "https://dashboard.example.org."]),
+    ({"matcraft_cors_origins": "https://a.example.org"}, ["matcraft_cors_origins: is a string; it must be a list. "
+                                                          "Fix: write it as a YAML list, such as "
+                                                          "[\"https://dashboard.example.org\"]."]),
+])
+def test_moved_checks_keep_their_messages(changes, expected):
+    assert problems(changes) == expected
+
+
+def test_groups_of_the_tier():
+    assert problems({"matcraft_tier": "medium"}) == [
+        "inventory group matcraft_api: has 1 host(s); the medium tier needs at least 2. Fix: add hosts to "
+        "matcraft_api in hosts.yml, or choose another matcraft_tier.",
+        "inventory group matcraft_workers: has 1 host(s); the medium tier needs at least 2. Fix: add hosts to "
+        "matcraft_workers in hosts.yml, or choose another matcraft_tier.",
+        "inventory group matcraft_database_replica: missing; the medium tier needs at least 1 host(s) in it. Fix: "
+        "add the group to hosts.yml with its hosts.",
+    ]
+    # A layer playbook narrows the groups.
+    assert problems({"matcraft_tier": "medium"}, settings={"groups": ["matcraft_redis"]}) == []
+
+
+def test_domain_checks_follow_check_domain():
+    assert problems({"matcraft_domain": DELETE, "matcraft_tls_mode": "bad"}, settings={"check_domain": False}) == []
+
+
+# --- matcraft_environment ---------------------------------------------------------------
+@pytest.mark.parametrize("name", ["production", "staging", "site-test", "eu1", "a" * 32])
+def test_environment_valid(name):
+    assert problems({"matcraft_environment": name}) == []
+
+
+def test_environment_empty():
+    expected = ["matcraft_environment: is empty, and the internal CA's name is made from it. Fix: set it "
+                "to a short lowercase name such as production or staging (letters, digits and -, at most 32, starting "
+                "with a letter)."]
+    assert problems({"matcraft_environment": ""}) == expected
+    assert problems({"matcraft_environment": None}) == expected
+    assert problems({"matcraft_environment": "  "}) == expected
+
+
+@pytest.mark.parametrize("value,shown", [("Production", "'Production'"), ("prod env", "'prod env'"),
+                                         ("1prod", "'1prod'"), ("a" * 33, "'" + "a" * 33 + "'"), (12, "12")])
+def test_environment_not_a_name(value, shown):
+    assert problems({"matcraft_environment": value}) == [
+        "matcraft_environment: %s is not a short lowercase name. Fix: use letters a-z, digits and -, at most 32 "
+        "characters, starting with a letter, such as production or staging." % shown]
+
+
+def test_environment_unset_is_a_warning():
+    assert problems({"matcraft_environment": DELETE}) == []
+    assert warnings({"matcraft_environment": DELETE}) == [
+        "matcraft_environment: not set, so the internal CA is named for 'production'. Fix: set it in "
+        "group_vars/all to this environment's short lowercase name, such as production or staging."]
+
+
+# --- Whole numbers ------------------------------------------------------------------------
+def test_retention_zero():
+    assert problems({"postgresql_pgbackrest_retention_full_days": 0}) == [
+        "postgresql_pgbackrest_retention_full_days: 0 is out of range; it must be a whole number of days from 1 to "
+        "3650. Fix: set a value in that range, such as 7 (the default)."]
+
+
+@pytest.mark.parametrize("value", [1, 7, "14", 3650])
+def test_retention_valid(value):
+    assert problems({"postgresql_pgbackrest_retention_full_days": value}) == []
+
+
+def test_archive_timeout_negative():
+    assert problems({"postgresql_archive_timeout": -5}) == [
+        "postgresql_archive_timeout: -5 is out of range; it must be a whole number of seconds from 1 to 86400. "
+        "Fix: set a value in that range, such as 60 (the default)."]
+
+
+@pytest.mark.parametrize("value,shown", [("soon", "'soon'"), ("60s", "'60s'"), (1.5, "1.5"), (True, "True"),
+                                         ([60], "[60]")])
+def test_archive_timeout_not_a_number(value, shown):
+    assert problems({"postgresql_archive_timeout": value, "prometheus_alert_wal_archive_timeout_seconds": 60}) == [
+        "postgresql_archive_timeout: %s is not a whole number; it must be a whole number of seconds from 1 to "
+        "86400. Fix: write a plain number, such as 60 (the default)." % shown]
+
+
+@pytest.mark.parametrize("value", [60, "60", " 60 ", 60.0])
+def test_archive_timeout_valid_as_the_role_takes_it(value):
+    """The role's argument spec (type int) takes ints, digit strings and integral floats."""
+    assert problems({"postgresql_archive_timeout": value}) == []
+
+
+def test_port_out_of_range():
+    assert problems({"api_port": 70000}) == [
+        "api_port: 70000 is out of range; it must be a whole number (a TCP port) from 1 to 65535. Fix: set a value "
+        "in that range, such as 8000 (the default)."]
+
+
+@pytest.mark.parametrize("name", sorted(p.INTEGERS))
+def test_every_whole_number_setting(name):
+    low, high, _unit, default = p.INTEGERS[name]
+    others = {"worker_time_limit": 604800, "pki_cert_valid_days": 3650, "prometheus_alert_wal_archive_timeout_seconds":
+              DELETE, "postgresql_archive_timeout": DELETE}
+    changes = {k: v for k, v in others.items() if k != name}
+    changes = {k: v for k, v in changes.items() if v is not DELETE}
+    # The bounds are valid (the pairs checked elsewhere are kept apart here).
+    for good in (low, high):
+        found = [m for m in problems(dict(changes, **{name: good})) if m.startswith(name + ":")
+                 and ("out of range" in m or "not a whole number" in m)]
+        assert found == [], (name, good, found)
+    if isinstance(default, int):
+        assert low <= default <= high, name
+    for bad in (low - 1, high + 1):
+        found = problems(dict(changes, **{name: bad}))
+        mine = [m for m in found if m.startswith(name + ":")]
+        assert len(mine) == 1 and "%d is out of range" % bad in mine[0] and "from %d to %d" % (low, high) in mine[0], \
+            (name, bad, found)
+    found = [m for m in problems(dict(changes, **{name: "many"})) if m.startswith(name + ":")]
+    assert found == ["%s: 'many' is not a whole number; it must be a %s from %d to %d. Fix: write a plain number, "
+                     "such as %s (the default)." % (
+                         name, ("whole number of %s" % _unit) if not _unit.startswith("a ")
+                         else "whole number (%s)" % _unit, low, high, default)]
+
+
+@pytest.mark.parametrize("name,bad", [("redis_maxmemory_ram_share", 1.5), ("redis_maxmemory_ram_share", 0),
+                                      ("redis_maxmemory_ram_share", "half"), ("postgresql_connection_headroom", 0.8)])
+def test_fractions(name, bad):
+    low, high, meaning, default = p.FRACTIONS[name]
+    assert problems({name: default}) == []
+    assert problems({name: bad}) == ["%s: %s is not %s from %s to %s. Fix: set a number in that range, such as %s "
+                                     "(the default)." % (name, repr(bad) if isinstance(bad, str) else bad, meaning,
+                                                         low, high, default)]
+
+
+def test_worker_concurrency_by_tier():
+    assert problems({"worker_concurrency_by_tier": {"small": 2, "medium": 8}}) == []
+    assert problems({"worker_concurrency_by_tier": {"small": 0, "medium": 4}}) == [
+        "worker_concurrency_by_tier: 0 of tier small is not a whole number of processes from 1 to 256. Fix: set each "
+        "tier to a number in that range."]
+    assert problems({"worker_concurrency_by_tier": 4}) == [
+        "worker_concurrency_by_tier: is not a dictionary of tier -> number. Fix: write it as {small: N, medium: N}."]
+
+
+# --- Durations and sizes ----------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["15d", "30d", "1h30m", "720h", "1y"])
+def test_prometheus_retention_valid(value):
+    assert problems({"prometheus_retention": value}) == []
+
+
+@pytest.mark.parametrize("value,shown", [("15 days", "'15 days'"), ("0d", "'0d'"), (15, "15"), ("-1d", "'-1d'")])
+def test_prometheus_retention_invalid(value, shown):
+    assert problems({"prometheus_retention": value}) == [
+        "prometheus_retention: %s is not a Prometheus duration above zero (a number and a unit of ms/s/m/h/d/w/y, "
+        "such as 30s, 5m or 1h30m). Fix: write it as such, for example 15d (the default)." % shown]
+
+
+def test_prometheus_retention_by_tier():
+    assert problems({"prometheus_retention_by_tier": {"small": "15d", "medium": "60d"}}) == []
+    assert problems({"prometheus_retention_by_tier": {"small": "15", "medium": "30d"}}) == [
+        "prometheus_retention_by_tier: '15' of tier small is not a Prometheus duration above zero. Fix: write a "
+        "number of days such as 15d."]
+
+
+@pytest.mark.parametrize("name", sorted(p.PROM_DURATIONS))
+def test_every_prometheus_duration(name):
+    assert [m for m in problems({name: p.PROM_DURATIONS[name]}) if m.startswith(name)] == []
+    assert len([m for m in problems({name: "5 minutes"}) if m.startswith(name + ": '5 minutes' is not")]) == 1
+
+
+@pytest.mark.parametrize("name", sorted(p.NGINX_TIMES))
+def test_every_nginx_time(name):
+    assert problems({name: p.NGINX_TIMES[name]}) == []
+    assert problems({name: 30}) == []
+    assert problems({name: "1 minute"}) == [
+        "%s: '1 minute' is not an nginx time (a number with an optional unit ms, s, m, h, d). Fix: write it as such, "
+        "for example %s (the default)." % (name, p.NGINX_TIMES[name])]
+
+
+@pytest.mark.parametrize("value", [0, "0", "10min", "12h", "1h 30min", "30s"])
+def test_systemd_time_valid(value):
+    assert problems({"postgresql_backup_randomized_delay": value, "postgresql_backup_timeout": value}) == []
+
+
+def test_systemd_time_invalid():
+    assert problems({"postgresql_backup_timeout": "twelve hours"}) == [
+        "postgresql_backup_timeout: 'twelve hours' is not a systemd time span (such as 0, 30s, 10min or 12h). Fix: "
+        "write it as such, for example 12h (the default)."]
+
+
+@pytest.mark.parametrize("value", ["1gb", "512mb", "2GB", 1073741824, "1073741824", 0])
+def test_redis_maxmemory_valid(value):
+    assert problems({"redis_maxmemory": value}) == []
+
+
+@pytest.mark.parametrize("value,shown", [("1 gigabyte", "'1 gigabyte'"), (-1, "-1"), ("1.5gb", "'1.5gb'")])
+def test_redis_maxmemory_invalid(value, shown):
+    assert problems({"redis_maxmemory": value}) == [
+        "redis_maxmemory: %s is not a memory size; it must be a whole number of bytes or a size with a unit b, kb, "
+        "mb or gb (binary), such as 1gb. Fix: write it as such, or remove it to take the tier's size." % shown]
+
+
+def test_redis_maxmemory_by_tier():
+    assert problems({"redis_maxmemory_by_tier": {"small": "1gb", "medium": "4gb"}}) == []
+    assert problems({"redis_maxmemory_by_tier": {"small": "0", "medium": "2gb"}}) == [
+        "redis_maxmemory_by_tier: '0' of tier small is not a memory size above zero (such as 1gb or 512mb). Fix: "
+        "write it as such."]
+
+
+# --- Addresses and networks ---------------------------------------------------------------------
+@pytest.mark.parametrize("value", [["192.0.2.0/24"], ["10.0.0.0/8", "2001:db8::/32"], ["192.0.2.7"], []])
+def test_ssh_cidrs_valid(value):
+    assert problems({"common_firewall_ssh_cidrs": value}) == []
+
+
+def test_ssh_cidrs_invalid_network():
+    assert problems({"common_firewall_ssh_cidrs": ["192.0.2.0/24", "10.0.0.0/33"]}) == [
+        "common_firewall_ssh_cidrs: '10.0.0.0/33' is not an IPv4 or IPv6 network. Fix: write each entry as an "
+        "address or network in CIDR form, such as 192.0.2.0/24 or 2001:db8::/32."]
+    assert problems({"common_firewall_ssh_cidrs": ["office"]}) == [
+        "common_firewall_ssh_cidrs: 'office' is not an IPv4 or IPv6 network. Fix: write each entry as an address "
+        "or network in CIDR form, such as 192.0.2.0/24 or 2001:db8::/32."]
+
+
+def test_ssh_cidrs_string():
+    assert problems({"common_firewall_ssh_cidrs": "192.0.2.0/24"}) == [
+        "common_firewall_ssh_cidrs: is a string; it must be a list of networks. Fix: write it as a YAML list, such "
+        "as [\"192.0.2.0/24\"]."]
+
+
+@pytest.mark.parametrize("name", p.CIDR_LISTS)
+def test_every_network_list(name):
+    assert problems({name: ["192.0.2.0/24", "::1/128"]}) == []
+    assert problems({name: ["192.0.2.300/24"]}) == [
+        "%s: '192.0.2.300/24' is not an IPv4 or IPv6 network. Fix: write each entry as an address or network in CIDR "
+        "form, such as 192.0.2.0/24 or 2001:db8::/32." % name]
+
+
+def test_real_ip_from_takes_unix_sockets():
+    assert problems({"nginx_real_ip_from": ["unix:", "10.0.0.0/8"]}) == []
+
+
+def test_private_address_per_host():
+    assert problems(host_changes={"app1": {"matcraft_private_address": "10.0.0.12"},
+                                  "data1": {"matcraft_private_address": "fd00::31"}}) == []
+    assert problems(host_changes={"data1": {"matcraft_private_address": "10.0.0.300"}}) == [
+        "matcraft_private_address on host data1: '10.0.0.300' is not an IPv4 or IPv6 address. Fix: set it to this "
+        "host's private IP address, such as 10.0.0.12."]
+    assert problems({"matcraft_private_address": "0.0.0.0"}) == [
+        "matcraft_private_address: '0.0.0.0' is the wildcard address (every interface), not this host's private "
+        "address. Fix: set it to this host's private IP address, such as 10.0.0.12."]
+
+
+@pytest.mark.parametrize("name", p.ADDRESSES)
+def test_every_listen_address(name):
+    assert problems({name: "10.0.0.5"}) == []
+    assert problems({name: "db1.internal"}) == [
+        "%s: 'db1.internal' is not an IPv4 or IPv6 address. Fix: set it to this host's private IP address, such as "
+        "10.0.0.12." % name]
+
+
+def test_redis_bind_addresses():
+    assert problems({"redis_bind_addresses": ["10.0.0.41", "127.0.0.1"]}) == []
+    assert problems({"redis_bind_addresses": ["redis1", "127.0.0.1"]}) == [
+        "redis_bind_addresses: 'redis1' is not an IPv4 or IPv6 address. Fix: list this host's private address and "
+        "127.0.0.1."]
+
+
+def test_pki_extra_sans():
+    assert problems({"pki_extra_sans": ["api.example.org", "localhost", "10.0.0.5", "::1"]}) == []
+    assert problems({"pki_extra_sans": ["api_example", "10.0.0.0/24"]}) == [
+        "pki_extra_sans: 'api_example' is neither a DNS name nor an IP address. Fix: list DNS names (such as "
+        "api.example.org) or IP addresses only.",
+        "pki_extra_sans: '10.0.0.0/24' is neither a DNS name nor an IP address. Fix: list DNS names (such as "
+        "api.example.org) or IP addresses only."]
+
+
+def test_firewall_rules_custom():
+    good = [{"name": "office-api", "ports": [8000], "proto": "tcp", "from_cidrs": ["192.0.2.0/24"]}]
+    assert problems({"common_firewall_rules_custom": good}) == []
+    bad = [{"name": "office-api", "ports": [80000], "from_cidrs": ["192.0.2.0/24", "office"]}]
+    assert problems({"common_firewall_rules_custom": bad}) == [
+        "common_firewall_rules_custom: rule office-api has port 80000; a port is a whole number from 1 to 65535. "
+        "Fix: correct it.",
+        "common_firewall_rules_custom: rule office-api: from_cidrs entry 'office' is not an IPv4 or IPv6 network. "
+        "Fix: write it in CIDR form, such as 192.0.2.0/24."]
+
+
+# --- Contradicting pairs ----------------------------------------------------------------------------
+def test_redis_tls_only_without_tls():
+    expected = ["redis_tls_only: is true, but redis_tls_enabled is not: the only port (plain) would be closed. Fix: "
+                "set redis_tls_enabled: true as well, or redis_tls_only: false."]
+    assert problems({"redis_tls_enabled": DELETE}) == expected
+    assert problems({"redis_tls_enabled": False}) == expected
+    assert problems({"redis_tls_enabled": "no"}) == expected
+    assert problems({"redis_tls_enabled": False, "redis_tls_only": False}) == []
+    assert problems({"redis_tls_enabled": True, "redis_tls_only": False}) == []
+
+
+def test_redis_tls_port_is_its_own():
+    assert problems({"redis_tls_port": 6379}) == [
+        "redis_tls_port: is 6379, the same port as redis_port. Fix: give TLS a port of its own, such as 6380 (the "
+        "default)."]
+
+
+def test_redis_clients_agree_with_the_server():
+    assert problems({"redis_tls_enabled": False, "redis_tls_only": False, "app_redis_tls": True}) == [
+        "app_redis_tls: is true, but redis_tls_enabled is not: Redis has no TLS port to connect to. Fix: set "
+        "redis_tls_enabled: true, or remove app_redis_tls (it follows redis_tls_enabled)."]
+    assert problems({"exporters_redis_tls": False}) == [
+        "exporters_redis_tls: is false, but redis_tls_only closes Redis' plain port. Fix: remove exporters_redis_tls "
+        "(it follows redis_tls_enabled), or set redis_tls_only: false."]
+
+
+def test_provided_tls_needs_its_files_and_never_prints_them():
+    assert problems({"matcraft_tls_mode": "provided"}) == [
+        "nginx_tls_certificate: not set, and matcraft_tls_mode provided needs it. Fix: put the PEM text of your "
+        "certificate chain in the vault file as nginx_tls_certificate, or choose another matcraft_tls_mode.",
+        "nginx_tls_private_key: not set, and matcraft_tls_mode provided needs it. Fix: put the PEM text of your "
+        "private key in the vault file as nginx_tls_private_key, or choose another matcraft_tls_mode."]
+    key = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----"
+    found = problems({"matcraft_tls_mode": "provided", "nginx_tls_certificate": "-----BEGIN CERTIFICATE-----",
+                      "nginx_tls_private_key": key})
+    assert found == []
+    assert all("MIGHAgEA" not in m for m in problems({"matcraft_tls_mode": "provided", "nginx_tls_private_key": key}))
+
+
+def test_api_and_edge_agree_on_tls():
+    assert problems({"matcraft_api_tls": False}) == []
+    assert problems({"api_tls": False}) == [
+        "nginx_upstream_tls: is True while api_tls is False: the edge would speak HTTPS to an API that serves HTTP. "
+        "Fix: set matcraft_api_tls once for both and remove api_tls and nginx_upstream_tls."]
+
+
+def test_monitoring_tls_switches_agree():
+    assert problems({"matcraft_monitoring_tls": False}) == []
+    assert problems({"exporters_tls": False}) == [
+        "prometheus_scrape_tls: is True while exporters_tls is False and alertmanager_tls is True: Prometheus and "
+        "the servers it scrapes would not agree on HTTPS. Fix: set matcraft_monitoring_tls once and remove "
+        "prometheus_scrape_tls, exporters_tls and alertmanager_tls."]
+
+
+def test_worker_time_limits():
+    assert problems({"worker_time_limit": 7200, "worker_soft_time_limit": 7000}) == []
+    assert problems({"worker_soft_time_limit": 3600}) == [
+        "worker_soft_time_limit: 3600 is not below worker_time_limit (3600): a task is killed before it is warned. "
+        "Fix: keep the soft limit below the hard one, such as 3000 and 3600."]
+
+
+def test_certificate_renewal_before_expiry():
+    assert problems({"pki_cert_valid_days": 30}) == [
+        "pki_renew_before_days: 30 is not below pki_cert_valid_days (30): every run would re-issue every certificate. "
+        "Fix: keep it below the validity, such as 30 and 365."]
+
+
+def test_scrape_timeout_within_interval():
+    assert problems({"prometheus_scrape_interval": "5s", "prometheus_scrape_timeout": "4s"}) == []
+    assert problems({"prometheus_scrape_interval": "5s"}) == [
+        "prometheus_scrape_timeout: 10s is longer than prometheus_scrape_interval (5s), which Prometheus refuses. "
+        "Fix: keep the timeout at or below the interval."]
+
+
+def test_archive_alert_follows_archive_timeout():
+    assert problems({"postgresql_archive_timeout": 300, "prometheus_alert_wal_archive_timeout_seconds": 300}) == []
+    assert problems({"postgresql_archive_timeout": 300}) == [
+        "prometheus_alert_wal_archive_timeout_seconds: 60 differs from postgresql_archive_timeout (300): the WAL "
+        "archive alert would fire too early or too late. Fix: set both to the same number of seconds."]
+
+
+@pytest.mark.parametrize("warning,critical,_w,_c", p.WARNING_CRITICAL)
+def test_alert_warning_below_critical(warning, critical, _w, _c):
+    assert problems({warning: 50, critical: 50}) == []
+    assert problems({warning: 60, critical: 50}) == [
+        "%s: 60 is above %s (50): the warning would come after the critical alert. Fix: keep the warning threshold "
+        "below the critical one." % (warning, critical)]
+
+
+def test_one_message_per_mistake_in_order():
+    found = problems({"matcraft_environment": "", "postgresql_pgbackrest_retention_full_days": 0,
+                      "common_firewall_ssh_cidrs": ["x"], "redis_tls_enabled": False})
+    assert [m.split(":", 1)[0] for m in found] == [
+        "matcraft_environment", "postgresql_pgbackrest_retention_full_days", "common_firewall_ssh_cidrs",
+        "redis_tls_only"]
+    assert all(re.match(r"^\S+( on hosts? [^:]+)?: .+\. Fix: .+\.$", m) for m in found), found
+
+
+def test_a_value_that_cannot_be_templated_is_left_to_the_role():
+    class Raising(dict):
+        def __getitem__(self, key):
+            if key == "postgresql_archive_timeout":
+                raise ValueError("undefined variable")
+            return dict.__getitem__(self, key)
+    hostvars = {"app1": Raising(_vars({"postgresql_archive_timeout": "{{ nope }}"}))}
+    assert p.preflight_problems(hostvars, ["app1"], {"matcraft_api": ["app1"]},
+                                dict(SETTINGS, groups=["matcraft_api"])) == []
+
+
+# --- Unknown variables ------------------------------------------------------------------------------
+def test_typo_warns_with_the_closest_known_name():
+    assert warnings({"redis_tls_enabeld": True}) == [
+        "redis_tls_enabeld: no role of matcraft.deploy reads this variable, so it changes nothing. Fix: did you mean "
+        "redis_tls_enabled? Rename it."]
+    assert warnings({"matcraft_domian": "x.example.org"}) == [
+        "matcraft_domian: no role of matcraft.deploy reads this variable, so it changes nothing. Fix: did you mean "
+        "matcraft_domain? Rename it."]
+
+
+def test_unknown_without_a_close_name_and_per_host():
+    assert warnings(host_changes={"data1": {"postgresql_zzz_qqq": 1}}) == [
+        "postgresql_zzz_qqq on host data1: no role of matcraft.deploy reads this variable, so it changes nothing. "
+        "Fix: check its name in the roles' README files, or remove it."]
+
+
+def test_other_variables_are_not_warned_about():
+    assert warnings({"ansible_user": "admin", "my_site_setting": 1, "apt_proxy": "x", "preflight_passed": True,
+                     "preflight_resources_strict": True, "common_firewall_rule_name": "x"}) == []
+
+
+def test_without_the_roles_specs_no_name_is_called_unknown(tmp_path):
+    hostvars = {"h": dict(GOOD, redis_tls_enabeld=True)}
+    assert p.preflight_warnings(hostvars, ["h"], known=p.preflight_known_variables(str(tmp_path))) == []
+
+
+def test_known_variables_are_every_option_and_default_of_every_role():
+    known = set(p.preflight_known_variables())
+    for path in glob.glob(os.path.join(ROOT, "roles", "*", "meta", "argument_specs.yml")):
+        for entry in yaml.safe_load(open(path))["argument_specs"].values():
+            assert set(entry.get("options") or {}) <= known, path
+    for path in glob.glob(os.path.join(ROOT, "roles", "*", "defaults", "main.yml")):
+        assert set(yaml.safe_load(open(path)) or {}) <= known, path
+    assert set(p.MATCRAFT_INPUTS) <= known
+
+
+def test_the_shared_inputs_are_the_matcraft_variables_the_collection_reads():
+    groups = {"matcraft_api", "matcraft_workers", "matcraft_database", "matcraft_database_replica", "matcraft_redis",
+              "matcraft_edge", "matcraft_monitoring", "matcraft_backup"}
+    read = set()
+    for path in glob.glob(os.path.join(ROOT, "roles", "*", "defaults", "main.yml")) + \
+            glob.glob(os.path.join(ROOT, "playbooks", "*.yml")):
+        text = open(path).read()
+        read |= p.matcraft_variables_read(text)
+        # Conditions are Jinja without braces.
+        read |= p.matcraft_variables_read("\n".join("{{ %s }}" % line for line in re.findall(r"when:(.*)", text)))
+    assert read - groups - set(p.INTERNAL_FACTS) <= set(p.MATCRAFT_INPUTS), sorted(read - set(p.MATCRAFT_INPUTS))
+    documented = set(re.findall(r"matcraft_[a-z0-9_]+", open(os.path.join(ROOT, "inventories", "small", "group_vars",
+                                                                          "all", "vault.yml.example")).read()))
+    assert documented <= set(p.MATCRAFT_INPUTS)
+
+
+def test_the_tables_name_real_variables_with_their_role_defaults():
+    known = set(p.preflight_known_variables())
+    tables = (list(p.INTEGERS) + list(p.FRACTIONS) + list(p.TIER_INTEGERS) + list(p.PROM_DURATIONS)
+              + list(p.NGINX_TIMES) + list(p.SYSTEMD_TIMES) + list(p.CIDR_LISTS) + list(p.ADDRESSES)
+              + [n for pair in p.WARNING_CRITICAL for n in pair[:2]])
+    assert sorted(set(tables) - known) == []
+    defaults = {}
+    for path in glob.glob(os.path.join(ROOT, "roles", "*", "defaults", "main.yml")):
+        defaults.update(yaml.safe_load(open(path)) or {})
+    for name, (_low, _high, _unit, default) in p.INTEGERS.items():
+        if isinstance(defaults.get(name), int):
+            assert defaults[name] == default, name
+    for table in (p.PROM_DURATIONS, p.NGINX_TIMES, p.SYSTEMD_TIMES):
+        for name, default in table.items():
+            if name in defaults and "{{" not in str(defaults[name]):
+                assert defaults[name] == default, name
+    for warning, critical, warning_default, critical_default in p.WARNING_CRITICAL:
+        assert (defaults[warning], defaults[critical]) == (warning_default, critical_default)
+    # The role defaults pass every check.
+    hostvars = {"h": {name: value for name, value in defaults.items() if "{{" not in str(value)}}
+    hostvars["h"].update(GOOD)
+    assert p.preflight_problems(hostvars, ["h"], GROUPS, dict(SETTINGS, check_domain=False)) == []
+
+
+def test_every_port_and_network_list_of_the_specs_is_checked():
+    for path in glob.glob(os.path.join(ROOT, "roles", "*", "meta", "argument_specs.yml")):
+        options = yaml.safe_load(open(path))["argument_specs"]["main"].get("options") or {}
+        for name, spec in options.items():
+            if name.endswith("_port") and spec.get("type") == "int":
+                assert p.INTEGERS.get(name, (None,))[:2] == (1, 65535), name
+            if name.endswith("_cidrs") and not name.startswith("preflight_"):
+                assert name in p.CIDR_LISTS, name
+
+
+def test_helpers():
+    assert p.prom_duration_seconds("1h30m") == 5400
+    assert p.prom_duration_seconds("15 d") is None
+    assert p.redis_size_bytes("1gb") == 1024 ** 3
+    assert p.redis_size_bytes("512MB") == 512 * 1024 ** 2
+    assert p.network_problem("") == "is empty"
+    assert p.address_problem("::") .startswith("is the wildcard")
+
+
+# --- The example inventories pass -------------------------------------------------------------------
+@pytest.mark.parametrize("tier", ["small", "medium"])
+def test_example_inventories_have_no_problem_and_no_warning(tier):
+    out = subprocess.run([os.path.join(BIN, "ansible-inventory"), "-i", os.path.join(ROOT, "inventories", tier),
+                          "--list"], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    data = json.loads(out)
+    hostvars = data["_meta"]["hostvars"]
+
+    def hosts(group):
+        found = set(data.get(group, {}).get("hosts", []))
+        for child in data.get(group, {}).get("children", []):
+            found |= hosts(child)
+        return found
+
+    groups = {g: sorted(hosts(g)) for g in data if g not in ("_meta", "all")}
+    names = sorted(hostvars)
+    assert p.preflight_problems(hostvars, names, groups, dict(SETTINGS, groups=None)) == [
+        # The example's contact address must be replaced (example.org); everything else passes.
+        "matcraft_acme_email: 'ops@example.org' is not a real e-mail address. Fix: give an address that receives "
+        "Let's Encrypt expiry notices."]
+    assert p.preflight_warnings(hostvars, names) == []
