@@ -214,6 +214,21 @@ def test_valid_inventory_passes():
         peer(name).run("rm -f /root/preflight-marker")
 
 
+def test_an_untested_system_warns_and_does_not_stop_the_run():
+    """A system the roles are written for but no scenario proves (Debian 13, Ubuntu): a warning per
+    host naming it and the tested ones; the run goes on. Here Debian 12 plays the untested one."""
+    result = _probe_case({"preflight_supported_os": {"Ubuntu": ["24"]}, "preflight_untested_os": {"Debian": ["12"]}})
+    try:
+        assert result.returncode == 0, result.stdout[-3000:]
+        for name in HOSTS:
+            warning = ("WARNING host %s: runs Debian 12, which the roles are written for but no test of this "
+                       "collection runs on (tested: Ubuntu 24)." % name)
+            assert warning in result.stdout, result.stdout[-3000:]
+    finally:
+        for name in HOSTS:
+            peer(name).run("rm -f /root/preflight-marker")
+
+
 def test_a_typo_warns_and_does_not_stop_the_run():
     """A variable no role reads is a warning naming the closest known one; the run goes on."""
     result = _probe_case({"matcraft_domian": "matcraft.test.internal"})
