@@ -59,7 +59,8 @@ lint: venv ## ansible-lint (production profile) and yamllint
 
 .PHONY: unit
 unit: venv ## Unit tests (filters, contract app, sidecar, specs)
-	pytest tests/unit
+	mkdir -p .cache/results
+	pytest tests/unit --junitxml=.cache/results/unit.xml
 
 .PHONY: rules-test
 rules-test: venv ## Alert rules (promtool test rules) and the nginx log program (mtail)
@@ -73,7 +74,7 @@ molecule: venv testbed ## Run one scenario: make molecule SCENARIO=name
 .PHONY: scenarios
 scenarios: venv testbed ## Run the Molecule scenarios of make test (SCENARIO_JOBS at a time)
 	@echo "not run by make test (CI time budget; see SCENARIOS_EXTRA in the Makefile for why each): $(SCENARIOS_EXTRA); make scenarios-all runs them"
-	tests/testbed/scenarios.sh -j $(SCENARIO_JOBS) $(SCENARIOS)
+	tests/testbed/scenarios.sh -j $(SCENARIO_JOBS) --summary $(SCENARIOS)
 
 .PHONY: scenarios-all
 scenarios-all: venv testbed ## Run every Molecule scenario, SCENARIOS_EXTRA included
@@ -92,6 +93,8 @@ build: venv ## Build the Galaxy tarball
 	ansible-galaxy collection build --force --output-path build/
 
 .PHONY: test
+# The last lines count every test, unit tests and scenarios together.
+test: export MATCRAFT_SUMMARY_UNIT = 1
 test: testbed lint unit build scenarios ## Lint, unit tests, build check and the scenarios of SCENARIOS (CI runs this)
 
 .PHONY: clean

@@ -1,25 +1,31 @@
 #!/usr/bin/env bash
 # Run Molecule scenarios, several at a time, and print one summary.
 #
-#   tests/testbed/scenarios.sh [-j JOBS] SCENARIO...
+#   tests/testbed/scenarios.sh [-j JOBS] [--summary] SCENARIO...
 #
 # Every scenario has its own containers (names prefixed by the scenario) and
 # its own Docker network, so scenarios can run side by side. Each one's full
 # output goes to .cache/molecule-logs/<scenario>.log; when it ends, its
 # outcome and duration are printed, and for a failure the last 150 lines of
 # its log. Scenarios are started in the order given (put the longest first
-# to finish sooner). Exit status: 0 when every scenario passed.
+# to finish sooner). With --summary, the last lines count every test of
+# these scenarios (and the unit tests' when MATCRAFT_SUMMARY_UNIT=1, as in
+# `make test`): each failure and skip named, then "N passed, N failed, N
+# skipped" (tests/testbed/summary.py). Exit status: 0 when every scenario passed.
 set -uo pipefail
 
 jobs=2
+summary=0
 if [ "${1:-}" = "-j" ]; then jobs=$2; shift 2; fi
+if [ "${1:-}" = "--summary" ]; then summary=1; shift; fi
 [ "$#" -gt 0 ] || { echo "usage: $0 [-j JOBS] SCENARIO..." >&2; exit 2; }
 [[ "$jobs" =~ ^[1-9][0-9]*$ ]] || { echo "scenarios.sh: -j needs a positive number, got '$jobs'" >&2; exit 2; }
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 logs="$root/.cache/molecule-logs"
-mkdir -p "$logs"
+mkdir -p "$logs" "$root/.cache/results"
 rm -f "$logs"/*.log "$logs"/*.result
+for name in "$@"; do rm -f "$root/.cache/results/scenario-$name.xml"; done
 
 run_one() {
   local name=$1 start rc
@@ -56,4 +62,15 @@ for name in "$@"; do
 done
 [ -z "$failed_names" ] || echo "failed scenarios:$failed_names (logs in $logs)"
 echo "scenarios: $passed passed, $failed failed"
+if [ "$summary" = 1 ]; then
+  results=()
+  for name in "$@"; do
+    read -r rc _ <"$logs/$name.result" 2>/dev/null || rc=1
+    results+=("$name=$rc")
+  done
+  unit=()
+  [ "${MATCRAFT_SUMMARY_UNIT:-0}" != 1 ] || unit=(--unit "$root/.cache/results/unit.xml")
+  echo "=== summary of the tests${unit:+ (unit tests and scenarios)}"
+  python3 "$root/tests/testbed/summary.py" "${unit[@]}" "${results[@]}" || failed=$((failed + 1))
+fi
 [ "$failed" -eq 0 ]
