@@ -203,12 +203,36 @@ def test_restore_to_a_named_point_or_a_transaction(target):
     switch_and_wait_archived()
 
 
-def test_restore_drill_reports_rpo_within_archive_timeout():
-    sql("CREATE TABLE IF NOT EXISTS materials (id serial PRIMARY KEY, name text); "
-        "INSERT INTO materials (name) SELECT 'alloy-' || g FROM generate_series(1, 7) g")
+def row_counts(tables):
+    """{table: rows} on the primary."""
+    return {table: int(sql("SELECT count(*) FROM %s" % table)) for table in tables}
+
+
+def test_restore_drill_exact_row_counts_and_rpo_within_archive_timeout():
+    """The drill restores the latest backup and replays the archive after it: its copy holds exactly the
+    rows written before that backup plus those archived after it, table by table, nothing more or less."""
+    # Fresh tables, so no rows of an earlier run count. Before the backup: 7 materials, 4 campaigns.
+    sql("DROP TABLE IF EXISTS materials, campaigns, drill_rpo_probe; "
+        "CREATE TABLE materials (id serial PRIMARY KEY, name text); "
+        "CREATE TABLE campaigns (id serial PRIMARY KEY, name text); "
+        "CREATE TABLE drill_rpo_probe (id serial PRIMARY KEY, label text); "
+        "INSERT INTO materials (name) SELECT 'alloy-' || g FROM generate_series(1, 7) g; "
+        "INSERT INTO campaigns (name) SELECT 'campaign-' || g FROM generate_series(1, 4) g")
+    backup = playbook("backup.yml", backup_type="full")
+    assert backup.returncode == 0, backup.stdout[-3000:]
+    info = json.loads(db().check_output("runuser -u postgres -- pgbackrest --stanza=matcraft --output=json info"))
+    latest = info[0]["backup"][-1]["label"]
+    assert latest.endswith("F"), info[0]["backup"]
+    assert row_counts(["materials", "campaigns"]) == {"materials": 7, "campaigns": 4}
+    # After the backup: 2 campaigns, archived before the drill starts (the drill replays them); no other
+    # write to a table the drill counts from here on.
+    sql("INSERT INTO campaigns (name) VALUES ('after-backup-1'), ('after-backup-2')")
     switch_and_wait_archived()
-    # Written just before the drill: probably not archived yet, so it counts toward the RPO.
-    sql("INSERT INTO materials (name) VALUES ('fresh')")
+    expected = {"materials": 7, "campaigns": 6}
+    assert row_counts(expected) == expected
+    # Written just before the drill into a table the drill does not count: probably not archived yet, so it
+    # counts toward the RPO (whether it is archived in time changes no expected row count).
+    sql("INSERT INTO drill_rpo_probe (label) VALUES ('fresh')")
     before = sql("SELECT pg_postmaster_start_time()", "postgres")
     with tempfile.TemporaryDirectory() as workdir:
         report_path = os.path.join(workdir, "drill.json")
@@ -218,10 +242,12 @@ def test_restore_drill_reports_rpo_within_archive_timeout():
             report = json.load(handle)
     assert 0 <= float(report["rpo_seconds"]) <= ARCHIVE_TIMEOUT, report
     assert float(report["rto_seconds"]) > 0, report
-    assert int(report["row_counts"].get("materials", -1)) >= 7, report
-    assert report["backup_set"].endswith("F"), report
-    assert "pitr_probe" not in report["row_counts"]  # only MatCraft's tables are counted
+    assert report["backup_set"] == latest, report
+    # Exactly the tables of postgresql_drill_tables that exist (not pitr_probe or drill_rpo_probe), each with
+    # exactly its rows at the backup plus the archived ones after it.
+    assert {table: int(rows) for table, rows in report["row_counts"].items()} == expected, report
     # Production was not touched, and the scratch copy is gone.
     assert sql("SELECT pg_postmaster_start_time()", "postgres") == before
+    assert row_counts(expected) == expected
     assert not db().file("/var/lib/postgresql/restore-drill").exists
     assert not probe_tcp(db(), "127.0.0.1", 55432)
