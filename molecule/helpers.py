@@ -69,5 +69,7 @@ def peer(name):
 
     import testinfra
 
-    return testinfra.get_host(
-        "ansible://%s?ansible_inventory=%s" % (name, os.environ["MOLECULE_INVENTORY_FILE"]))
+    # A scenario deployed over SSH as an unprivileged user gives the tests
+    # their own root access (docker exec) in MATCRAFT_TESTINFRA_INVENTORY.
+    inventory = os.environ.get("MATCRAFT_TESTINFRA_INVENTORY") or os.environ["MOLECULE_INVENTORY_FILE"]
+    return testinfra.get_host("ansible://%s?ansible_inventory=%s" % (name, inventory))

@@ -32,9 +32,9 @@ SUITES=${TESTBED_SUITES:-bookworm trixie}
 EXTRA_CA_DIR=${TESTBED_EXTRA_CA_DIR-/usr/local/share/ca-certificates}
 APT_CACHE=${TESTBED_APT_CACHE:-1}
 STATE_DIR=${TESTBED_STATE_DIR:-/var/lib/matcraft-testbed}
-PACKAGES=systemd,systemd-sysv,dbus,python3,python3-apt,sudo,iproute2,procps,ca-certificates,curl,gnupg
+PACKAGES=systemd,systemd-sysv,dbus,python3,python3-apt,sudo,iproute2,procps,ca-certificates,curl,gnupg,openssh-server
 # Bump when the image recipe changes: part of the image fingerprint.
-RECIPE_VERSION=3
+RECIPE_VERSION=4
 
 log() { printf '[testbed] %s\n' "$*" >&2; }
 die() { printf '[testbed] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -205,6 +205,17 @@ PROXY
     echo 'Acquire::http::Proxy-Auto-Detect "/usr/local/sbin/testbed-apt-proxy";' |
       as_root tee "$root/etc/apt/apt.conf.d/01testbed-proxy" >/dev/null
   fi
+  # SSH as on a cloud image: each host makes its own host keys at first boot
+  # (none are baked in), keys only, no root login. The login user and its
+  # key come at create time (molecule/_shared/create.yml, as cloud-init
+  # does). pam_loginuid cannot write the audit login uid in a container.
+  as_root rm -f "$root"/etc/ssh/ssh_host_*
+  as_root mkdir -p "$root/etc/systemd/system/ssh.service.d"
+  printf '[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\nExecStartPre=/usr/sbin/sshd -t\n' |
+    as_root tee "$root/etc/systemd/system/ssh.service.d/testbed-host-keys.conf" >/dev/null
+  printf 'PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin no\nUseDNS no\n' |
+    as_root tee "$root/etc/ssh/sshd_config.d/testbed.conf" >/dev/null
+  as_root sed -i 's/^session\s\+required\s\+pam_loginuid.so/session optional pam_loginuid.so/' "$root/etc/pam.d/sshd"
   # No consoles in a container; keep the boot quiet and fast.
   as_root chroot "$root" systemctl mask getty.target console-getty.service systemd-firstboot.service \
     systemd-udevd.service systemd-modules-load.service sys-kernel-debug.mount >/dev/null 2>&1 || true  # a unit a suite lacks needs no mask
