@@ -9,7 +9,9 @@ consumer) and repair it, then the certificate mode switch.
 
 import json
 import os
+import re
 import subprocess
+import time
 from urllib.parse import quote
 
 import pytest
@@ -131,6 +133,27 @@ def test_every_service_runs():
     for name, names in units.items():
         for unit in names:
             assert_unit_running(peer(name), unit)
+
+
+def test_the_services_log_no_error_at_start():
+    """After the deploy, its second run and verify: no service logged an error. The journal's
+    error priority on every host (sshd's connection noise aside), and the lines that the
+    collection's own units print as plain output: gunicorn's [ERROR] (its control server failed
+    on the sandbox's read-only $HOME before), Celery's ERROR/ lines, Python tracebacks."""
+    own = re.compile(r"\[ERROR\]|\[CRITICAL\]|ERROR/|CRITICAL/|Traceback|Control server error")
+    units = {"site-api1": ["matcraft-api"],
+             "site-worker1": ["matcraft-worker@default", "matcraft-worker-health"],
+             "site-worker2": ["matcraft-worker@default", "matcraft-worker-health"]}
+    for name in ("site-api1", "site-worker1", "site-worker2", "site-db1", "site-redis1", "site-monitor1"):
+        node = peer(name)
+        errors = [json.loads(line) for line in node.run("journalctl -b -p err --no-pager -o json").stdout.splitlines()]
+        errors = ["%s: %s" % (entry.get("SYSLOG_IDENTIFIER"), entry.get("MESSAGE")) for entry in errors
+                  if entry.get("SYSLOG_IDENTIFIER") not in ("sshd", "kernel")]
+        assert not errors, "%s logged errors:\n%s" % (name, "\n".join(errors[:20]))
+        for unit in units.get(name, []):
+            lines = node.run("journalctl -b --no-pager -o cat -u %s", unit).stdout.splitlines()
+            bad = [line for line in lines if own.search(line)]
+            assert not bad, "%s %s logged errors:\n%s" % (name, unit, "\n".join(bad[:20]))
 
 
 def test_no_secret_in_a_world_readable_file():
