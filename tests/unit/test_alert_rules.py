@@ -170,7 +170,7 @@ def test_every_rule_is_complete(rules, variables):
 
 def test_beyond_the_guide_alerts_exist(rules):
     expected = {
-        "MatcraftTargetDown", "MatcraftWorkerHealthProbeFailed", "MatcraftWorkerDown",
+        "MatcraftTargetDown", "MatcraftWorkerHealthProbeFailed", "MatcraftWorkerDown", "MatcraftWorkerJobUnacknowledged",
         "MatcraftDatabaseWalArchivingFailing", "MatcraftDatabaseWalArchiveStale",
         "MatcraftBackupFullTooOld", "MatcraftBackupMetricMissing", "MatcraftDatabaseReplicaLagHigh",
         "MatcraftTlsCertificateExpiringSoon", "MatcraftHostDiskUsageHigh", "MatcraftHostMemoryLow",

@@ -217,19 +217,28 @@ def test_gpu_queue_goes_to_the_gpu_group(host):
 
 
 def test_job_of_a_killed_worker_completes(host):
-    """A 12 s job whose worker gets SIGKILL mid-run is redelivered and completes (late ack)."""
+    """A 12 s job whose worker gets SIGKILL mid-run is redelivered and completes (late ack), no
+    sooner than the worker-crash bound the inventory chose (worker_visibility_timeout: 15 s after its
+    delivery), which the running worker has in its environment."""
     job_id = post_job(host, 12)
+    delivered = time.monotonic()
     running = wait_for("job %s running" % job_id,
                        lambda: (lambda j: j if j["state"] == "running" else None)(job(host, job_id)), 60, 0.5)
     time.sleep(2)
     worker = peer(running["worker"])
     group = running["worker_node"].split("@")[0]
     unit = "matcraft-worker@%s" % group
+    pid = worker.run("systemctl show --property MainPID --value %s", unit).stdout.strip()
+    environ = worker.run("tr '\\0' '\\n' < /proc/%s/environ", pid).stdout.splitlines()
+    assert "CELERY_VISIBILITY_TIMEOUT=15" in environ, "the running worker does not have the bound: %r" % [
+        line for line in environ if line.startswith("CELERY_")]
     kill = worker.run("systemctl kill --signal=SIGKILL %s", unit)
     assert kill.rc == 0, kill.stderr
     done = wait_job_done(host, job_id, 180)
     assert done["state"] == "done", done
     assert done["attempts"] >= 2, "the job was not run again after the kill: %r" % done
+    # Run again once the bound had passed (12 s of work after the redelivery), not sooner.
+    assert time.monotonic() - delivered >= 15 + 12 - 1, "redelivered before the 15 s bound: %r" % done
     # systemd restarted the killed worker.
     wait_for("%s running again on %s" % (unit, running["worker"]),
              lambda: worker.run("systemctl is-active %s", unit).stdout.strip() == "active", 60)
@@ -357,8 +366,7 @@ def test_new_release_rolls_out_and_back(host):
              for n in API_HOSTS + WORKER_HOSTS}
     # The rollout also changes the environment file (a marker variable) and runs with
     # --diff: no secret may appear in the output, raw or URL-encoded.
-    extra_env = json.dumps({"app_env_extra": {"CELERY_VISIBILITY_TIMEOUT": "15",
-                                              "CELERY_UNACKED_RESTORE_INTERVAL": "2",
+    extra_env = json.dumps({"app_env_extra": {"CELERY_UNACKED_RESTORE_INTERVAL": "2",
                                               "MATCRAFT_DIFF_MARKER": "rollout"}})
     output = converge("-e", "app_version=1.0.1", "-e", extra_env, "--diff")
     assert 'MATCRAFT_DIFF_MARKER="rollout"' in peer("app-api1").run("cat /etc/matcraft/matcraft.env").stdout
