@@ -1,7 +1,7 @@
 """The common baseline: packages, chrony, unattended upgrades, and a firewall
 that lets the allowed peer in and keeps the outsider out."""
 
-from helpers import address_of, assert_unit_running, peer, probe_tcp
+from helpers import address_of, assert_unit_running, peer, wait_for
 
 
 def test_baseline_packages(host):
@@ -26,31 +26,64 @@ def test_firewall_loaded_default_deny(host):
     assert "policy drop" in ruleset.stdout
 
 
+LISTENER_WAIT = 30
+
+
+def tcp_outcome(client, address, port, timeout=3):
+    """How a TCP connection from client to address:port ends: "open", "refused" or "dropped" (no answer)."""
+    cmd = client.run("timeout %s bash -c 'exec 3<>/dev/tcp/%s/%s'", str(timeout), address, str(port))
+    if cmd.rc == 0:
+        return "open"
+    return "dropped" if cmd.rc == 124 else "refused"
+
+
+def start_listener(target, port, address):
+    """Start an HTTP listener on target:port (all addresses) and wait, bounded,
+    until it answers on the target itself at `address`, the address the peers
+    use (local traffic is accepted by the loopback rule, so this proves the
+    listener, not the firewall)."""
+    unit = "fw-probe-%d" % port
+    target.run("systemctl stop %s", unit)
+    start = target.run("systemd-run --unit=%s --property=RuntimeMaxSec=120 "
+                       "python3 -m http.server %s --bind 0.0.0.0", unit, str(port))
+    assert start.rc == 0, start.stderr
+    assert_listening(target, port, address)
+    return unit
+
+
+def assert_listening(target, port, address):
+    def answers():
+        got = target.run("curl -sS -o /dev/null -w '%%{http_code}' --max-time 2 http://%s:%s/", address, str(port))
+        return got.stdout == "200"
+
+    wait_for("the listener on %s:%d to answer on the host itself" % (target.backend.get_hostname(), port),
+             answers, timeout=LISTENER_WAIT)
+
+
 def test_firewall_from_peers():
-    """Probe port 9000 on both targets from the allowed peer and the outsider."""
+    """Probe port 9000 (opened to fw_allowed) and 9001 (no rule) on both
+    targets from the allowed peer and the outsider. Each listener first
+    answers on the target itself, so a refused or dropped probe is the
+    firewall's doing, never a listener that has not started yet; a denied
+    probe must be dropped (policy drop), not refused."""
     allowed, denied = peer("common-allowed"), peer("common-denied")
     for target_name in ("common-target", "common-trixie"):
         target = peer(target_name)
-        unit = "fw-probe-9000"
-        target.run("systemctl stop %s", unit)
-        start = target.run(
-            "systemd-run --unit=%s --property=RuntimeMaxSec=120 "
-            "python3 -m http.server 9000 --bind 0.0.0.0", unit)
-        assert start.rc == 0, start.stderr
+        target_ip = address_of(target)
+        units = []
         try:
-            target_ip = address_of(target)
-            # The probe listens: the target itself reaches it over loopback.
-            for _ in range(20):
-                if probe_tcp(target, "127.0.0.1", 9000, timeout=1):
-                    break
-            else:
-                raise AssertionError("probe service did not start on " + target_name)
+            units.append(start_listener(target, 9000, target_ip))
+            units.append(start_listener(target, 9001, target_ip))
             got = allowed.run("curl -sS -o /dev/null -w '%%{http_code}' --max-time 5 http://%s:9000/", target_ip)
             assert got.stdout == "200", "allowed peer could not reach %s: %s" % (target_name, got.stderr)
-            assert not probe_tcp(denied, target_ip, 9000), "outsider reached %s:9000" % target_name
+            outcome = tcp_outcome(denied, target_ip, 9000)
+            assert outcome == "dropped", "outsider -> %s:9000: %s, not dropped" % (target_name, outcome)
             # A port no rule opens stays closed even for the allowed peer.
-            target.run("systemd-run --unit=fw-probe-9001 --property=RuntimeMaxSec=60 "
-                       "python3 -m http.server 9001 --bind 0.0.0.0")
-            assert not probe_tcp(allowed, target_ip, 9001), "port 9001 is open without a rule"
+            outcome = tcp_outcome(allowed, target_ip, 9001)
+            assert outcome == "dropped", "allowed peer -> %s:9001 (no rule): %s, not dropped" % (target_name, outcome)
+            # The listeners still answered after the probes: the denials were the firewall's.
+            for port in (9000, 9001):
+                assert_listening(target, port, target_ip)
         finally:
-            target.run("systemctl stop %s fw-probe-9001", unit)
+            if units:
+                target.run("systemctl stop" + " %s" * len(units), *units)
