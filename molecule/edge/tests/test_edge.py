@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from helpers import address_of, assert_unit_running, peer, probe_tcp
+from helpers import address_of, assert_unit_running, journal, peer, probe_tcp, wait_for
 
 testinfra_hosts = ["edge-proxy"]
 
@@ -153,22 +153,75 @@ def test_renewal_hooks_and_timer_configuration(host):
     assert "REQUESTS_CA_BUNDLE=%s" % LISTENER_CA in env
 
 
-def test_forced_renewal_served_without_restart(host, client, root, edge_ip):
-    """certbot renew --force-renewal (as the timer runs it) -> new serial served, same nginx master."""
+def certbot_log(host):
+    """The log of certbot's last run (certbot rotates it at every run), at debug level even with -q."""
+    return host.run("cat /var/log/letsencrypt/letsencrypt.log").stdout
+
+
+def start_renewal_unit(host):
+    """Run the installed certbot.service, as its timer does, and wait for it (oneshot); return certbot's log."""
+    started = host.run("systemctl start certbot.service")
+    result = host.run("systemctl show -p Result --value certbot.service").stdout.strip()
+    log = certbot_log(host)
+    assert started.rc == 0 and result == "success", "certbot.service: %s %s\n%s\n--- journal ---\n%s\n%s" % (
+        result, started.stderr, log[-4000:], journal(host, "certbot.service"), started.stdout)
+    return log
+
+
+def test_renewal_timer_enabled_and_scheduled(host):
+    """The distribution's certbot.timer is enabled, running, scheduled, and
+    triggers certbot.service, whose command renews without forcing it."""
+    timer = dict(line.split("=", 1) for line in host.run(
+        "systemctl show -p UnitFileState -p ActiveState -p Triggers -p NextElapseUSecRealtime certbot.timer"
+    ).stdout.splitlines() if "=" in line)
+    assert timer["UnitFileState"] == "enabled" and timer["ActiveState"] == "active", timer
+    assert timer["Triggers"] == "certbot.service", timer
+    assert timer["NextElapseUSecRealtime"] not in ("", "n/a", "0"), "certbot.timer has no next run: %s" % timer
+    listed = host.run("systemctl list-timers --all --no-legend certbot.timer").stdout
+    assert "certbot.service" in listed and not listed.lstrip().startswith("n/a"), listed
+    command = host.run("systemctl show -p ExecStart --value certbot.service").stdout
+    assert re.search(r"argv\[\]=\S*certbot .*\brenew\b", command), command
+    assert "--force-renewal" not in command and "renew-by-default" not in command, command
+
+
+def test_timer_unit_renews_when_due_served_without_restart(host, client, root, edge_ip):
+    """The installed certbot.service (what certbot.timer starts) renews the
+    certificate once it is inside its renewal window: first not yet due
+    (nothing changes), then with certbot's renew_before_expiry (in the
+    lineage's renewal configuration) wider than the certificate's remaining
+    life, a real renewal; nginx serves the new serial after the deploy
+    hook's reload, with the same master process (no restart)."""
+    conf = "/etc/letsencrypt/renewal/%s.conf" % DOMAIN
     before_serial = served_serial(client, edge_ip)
-    before_pid = main_pid(host)
-    env = host.run("systemctl show -p Environment --value certbot.service").stdout.strip()
-    renew = host.run("env %s certbot renew --force-renewal --no-random-sleep-on-renew --cert-name %s", env, DOMAIN)
-    assert renew.rc == 0, renew.stdout + renew.stderr
     live = host.run("openssl x509 -in %s/cert.pem -noout -serial", LIVE).stdout.strip()
-    assert live != before_serial
-    for _ in range(30):
-        if served_serial(client, edge_ip) == live:
-            break
-        time.sleep(1)
-    else:
-        pytest.fail("the edge still serves %s after the renewal to %s" % (before_serial, live))
+    assert before_serial == live
+    before_pid = main_pid(host)
+
+    # Not due (default window: 30 days before the end): the unit keeps the certificate.
+    log = start_renewal_unit(host)
+    assert "Certificate not yet due for renewal" in log, log[-3000:]
+    assert "Certificate is due for renewal" not in log and "Auto-renewal forced" not in log, log[-3000:]
+    assert host.run("openssl x509 -in %s/cert.pem -noout -serial", LIVE).stdout.strip() == live
+
+    end = host.run("openssl x509 -in %s/cert.pem -noout -enddate", LIVE).stdout.strip().partition("=")[2]
+    remaining = int(host.check_output("date -d %s +%%s", end)) - int(host.check_output("date +%s"))
+    window_days = remaining // 86400 + 2
+    assert not host.run("grep -E '^renew_before_expiry' %s", conf).stdout, host.file(conf).content_string
+    added = host.run("sed -i %s %s", "1i renew_before_expiry = %d days" % window_days, conf)
+    assert added.rc == 0, added.stderr
+    try:
+        log = start_renewal_unit(host)
+    finally:
+        host.run("sed -i '/^renew_before_expiry = /d' %s", conf)
+    assert "Certificate is due for renewal" in log, log[-3000:]
+    assert "Auto-renewal forced" not in log, log[-3000:]
+    assert not host.run("grep -E '^renew_before_expiry' %s", conf).stdout
+    renewed = host.run("openssl x509 -in %s/cert.pem -noout -serial", LIVE).stdout.strip()
+    assert renewed != live, "certbot.service did not renew the certificate due for renewal"
+    wait_for("the edge to serve the renewed certificate %s (it served %s)" % (renewed, before_serial),
+             lambda: served_serial(client, edge_ip) == renewed, timeout=30)
     assert main_pid(host) == before_pid, "nginx was restarted, not reloaded"
+    assert_unit_running(host, "nginx")
 
 
 def test_http_answers_acme_challenge_and_redirects(host, client, root, edge_ip):
