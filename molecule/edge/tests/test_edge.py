@@ -37,6 +37,10 @@ RAW_PROBE = "/usr/local/lib/edge-test/raw_probe.py"
 # Pebble issues certificates without a CRL or OCSP URI (Let's Encrypt's carry
 # a CRL URI); testssl.sh rates that HIGH. Nothing in nginx can change it.
 TESTSSL_TEST_CA_FINDINGS = {"cert_revocation"}
+# Severities with which testssl.sh 3.0 reports a problem of the scan itself, not a finding.
+TESTSSL_PROBLEM_SEVERITIES = {"WARN", "FATAL", "ERROR"}
+# Notes about the client's OpenSSL, not the scan: testssl.sh writes them as WARN and exits 0 with them.
+TESTSSL_CLIENT_NOTES = {"engine_problem"}
 
 
 @pytest.fixture(scope="module")
@@ -594,23 +598,51 @@ def test_checker_tests_candidates_in_context(host):
     host.run("rm -f %s", candidate)
 
 
-def test_testssl_no_high_or_critical(client, root, edge_ip):
-    """testssl.sh (protocols, ciphers, server defaults, headers, vulnerabilities): nothing HIGH or CRITICAL."""
-    wait_for_bucket()
-    report = "/tmp/edge-testssl.json"
+def run_testssl(client, root, edge_ip, report):
+    """One testssl.sh run: (exit status, findings or None, output tail)."""
     client.run("rm -f %s", report)
-    # testssl.sh 3.0's exit status counts scan errors (say a timeout on a busy
-    # machine), not findings: the JSON report is what is judged.
     cmd = client.run(
         "timeout 900 testssl --quiet --color 0 --warnings off --ip %s --add-ca %s --protocols --std "
         "--server-defaults --headers --vulnerable --jsonfile %s https://%s",
         edge_ip, root, report, DOMAIN)
-    assert client.file(report).exists, cmd.stdout[-3000:] + cmd.stderr[-2000:]
-    findings = json.loads(client.file(report).content_string)
+    output = cmd.stdout[-3000:] + cmd.stderr[-2000:]
+    report_file = client.file(report)
+    return cmd.rc, json.loads(report_file.content_string) if report_file.exists else None, output
+
+
+def scan_problems(findings):
+    """The entries of a testssl.sh report that say part of the scan did not run (severity WARN or FATAL,
+    id scanProblem), less the note about the client's own OpenSSL (no GOST engine in OpenSSL 3), which
+    testssl.sh does not count as an error."""
+    return [f for f in findings if (f["severity"] in TESTSSL_PROBLEM_SEVERITIES or f["id"] == "scanProblem")
+            and f["id"] not in TESTSSL_CLIENT_NOTES]
+
+
+def test_testssl_no_high_or_critical(client, root, edge_ip):
+    """testssl.sh (protocols, ciphers, server defaults, headers, vulnerabilities): a scan that ran through
+    without errors (exit status 0, no WARN or FATAL entry), and nothing HIGH or CRITICAL in it."""
+    report = "/tmp/edge-testssl.json"
+    attempts = []
+    # A second scan only when the first one did not run cleanly (a sub-scan's connection failing on a busy
+    # machine); the scan judged below is always one that ran cleanly, or the test fails with both.
+    for _ in range(2):
+        wait_for_bucket()
+        rc, findings, output = run_testssl(client, root, edge_ip, report)
+        problems = scan_problems(findings) if findings is not None else ["no JSON report"]
+        attempts.append((rc, problems, output))
+        # testssl.sh 3.0 (man testssl, EXIT STATUS): 0 is a scan finished without errors and without
+        # ambiguous results, 1+n counts them, 242-255 are its own failures (246 connect, 247 DNS), 124 is
+        # timeout's; findings are not counted (50-200 are reserved for a future scoring).
+        if rc == 0 and not problems:
+            break
+    else:
+        pytest.fail("testssl.sh did not run cleanly twice:\n" + "\n".join(
+            "exit %d, problems:\n%s\n%s" % (rc, json.dumps(problems, indent=1), output)
+            for rc, problems, output in attempts))
     by_id = {f["id"]: f for f in findings}
     for required in ("TLS1", "TLS1_1", "TLS1_2", "TLS1_3", "cert_chain_of_trust", "heartbleed", "ROBOT", "BREACH",
                      "LUCKY13"):
-        assert required in by_id, "testssl.sh did not report %s (exit %d)\n%s" % (required, cmd.rc, cmd.stdout[-3000:])
+        assert required in by_id, "testssl.sh did not report %s (exit %d)\n%s" % (required, rc, output)
     assert by_id["TLS1"]["finding"] == by_id["TLS1_1"]["finding"] == "not offered"
     assert by_id["TLS1_2"]["finding"].startswith("offered") and by_id["TLS1_3"]["finding"].startswith("offered")
     assert by_id["cert_chain_of_trust"]["finding"].startswith("passed"), by_id["cert_chain_of_trust"]
