@@ -9,6 +9,7 @@ origin_problem   why a string is not an explicit https origin ('' when valid)
 secret_problem   why a secret is too weak or a placeholder ('' when strong)
 duplicate_secrets  names of secrets that share a value with another one
 bcrypt_hash      a bcrypt hash with a salt derived from a seed (stable across runs)
+db_login_name    the database login role that goes with an owner role and a password
 """
 
 from __future__ import annotations
@@ -223,6 +224,30 @@ def bcrypt_hash(password, seed, rounds=10):
     return bcrypt.hashpw(encoded, ("$2b$%02d$%s" % (rounds, salt)).encode("ascii")).decode("ascii")
 
 
+_ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,51}$")
+
+
+def db_login_name(owner, password):
+    """Name of the login role that the application uses for ``owner`` with ``password``.
+
+    PostgreSQL keeps one password per role, so a password change would lock out
+    every client until each has the new one. The application therefore logs in
+    through a role named after its password (a member of ``owner`` that acts
+    as ``owner``): a new password means a new login role, which exists next to
+    the old one until every client has switched (docs/secrets.md). The suffix
+    is 40 bits of SHA-256 over the owner and the password: it tells the
+    generations apart and reveals nothing usable about a random password.
+    """
+    owner = str(owner)
+    if not _ROLE_NAME.match(owner):
+        raise AnsibleFilterError(
+            "db_login_name: %r is not a plain role name (lower-case letters, digits and _, at most 52)" % owner)
+    if not password:
+        raise AnsibleFilterError("db_login_name: the password is empty")
+    digest = hashlib.sha256(("%s:%s" % (owner, password)).encode("utf-8")).hexdigest()
+    return "%s_%s" % (owner, digest[:10])
+
+
 class FilterModule(object):
     """matcraft.deploy filters."""
 
@@ -235,4 +260,5 @@ class FilterModule(object):
             "secret_problem": secret_problem,
             "duplicate_secrets": duplicate_secrets,
             "bcrypt_hash": bcrypt_hash,
+            "db_login_name": db_login_name,
         }

@@ -58,7 +58,8 @@ MATCRAFT_INPUTS = (
 )
 # Facts the playbooks and this role set (present in hostvars later in a run).
 INTERNAL_FACTS = (
-    "matcraft_baseline_done", "preflight_passed", "preflight_inventory_problems",
+    "matcraft_baseline_done", "matcraft_app_current", "matcraft_app_waiting_for",
+    "preflight_passed", "preflight_inventory_problems",
     "preflight_secret_problems", "preflight_host_result", "preflight_inventory_warnings",
 )
 
@@ -637,10 +638,31 @@ def _environment_problems(variables):
     return []
 
 
+# The application's database role: its login roles are named <role>_<10 hex>
+# (matcraft.deploy.db_login_name), and the SQL of the roles quotes it plainly.
+DATABASE_ROLE_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,51}$")
+DATABASE_ROLE_VARIABLES = ("postgresql_app_user", "app_database_user")
+
+
+def _database_role_problems(variables):
+    problems = []
+    for name in DATABASE_ROLE_VARIABLES:
+        value = _get(variables, name)
+        if value is not MISSING and (not isinstance(value, str) or not DATABASE_ROLE_PATTERN.fullmatch(value)):
+            problems.append("%s: %s is not a plain database role name. Fix: use lowercase letters, digits and _, "
+                            "at most 52 characters, not starting with a digit (the login roles add 11)." % (name, _show(value)))
+    first, second = (_get(variables, name, "matcraft") for name in DATABASE_ROLE_VARIABLES)
+    if not problems and first != second:
+        problems.append("app_database_user: %s differs from postgresql_app_user %s, so the application would log in "
+                        "through a role the database does not have. Fix: set both to the same name, or neither."
+                        % (_show(second), _show(first)))
+    return problems
+
+
 def host_variable_problems(variables):
     """Problems of one host's inventory variables (a mapping name -> value)."""
-    return (_environment_problems(variables) + _integer_problems(variables) + _duration_problems(variables)
-            + _address_problems(variables) + _pair_problems(variables))
+    return (_environment_problems(variables) + _database_role_problems(variables) + _integer_problems(variables)
+            + _duration_problems(variables) + _address_problems(variables) + _pair_problems(variables))
 
 
 # --- The checks of the inventory as a whole (the first host's values) ---------------

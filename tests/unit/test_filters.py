@@ -122,3 +122,17 @@ def test_bcrypt_hash_equals_the_hash_of_earlier_releases():
 def test_bcrypt_hash_refuses(password, rounds, why):
     with pytest.raises(f.AnsibleFilterError, match=why):
         f.bcrypt_hash(password, "seed", rounds)
+
+
+def test_db_login_name_follows_the_password():
+    first = f.db_login_name("matcraft", "a" * 48)
+    assert first == f.db_login_name("matcraft", "a" * 48)
+    assert first.startswith("matcraft_") and len(first) == len("matcraft_") + 10
+    assert first != f.db_login_name("matcraft", "b" * 48)
+    assert first != f.db_login_name("other", "a" * 48)[len("other"):]
+
+
+@pytest.mark.parametrize("owner, password", [("Matcraft", "x" * 32), ("a;drop", "x" * 32), ("matcraft", "")])
+def test_db_login_name_refuses(owner, password):
+    with pytest.raises(Exception):
+        f.db_login_name(owner, password)

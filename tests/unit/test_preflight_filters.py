@@ -109,6 +109,26 @@ def test_domain_checks_follow_check_domain():
     assert problems({"matcraft_domain": DELETE, "matcraft_tls_mode": "bad"}, settings={"check_domain": False}) == []
 
 
+# --- the application's database role ------------------------------------------------------
+def test_database_role_names_valid():
+    assert problems({"postgresql_app_user": "materia_app", "app_database_user": "materia_app"}) == []
+
+
+@pytest.mark.parametrize("value,shown", [("Matcraft", "'Matcraft'"), ("mat-craft", "'mat-craft'"),
+                                         ("a" * 53, "'" + "a" * 53 + "'")])
+def test_database_role_not_a_plain_name(value, shown):
+    assert problems({"postgresql_app_user": value, "app_database_user": value}) == [
+        "%s: %s is not a plain database role name. Fix: use lowercase letters, digits and _, at most 52 characters, "
+        "not starting with a digit (the login roles add 11)." % (name, shown)
+        for name in ("postgresql_app_user", "app_database_user")]
+
+
+def test_database_roles_differ():
+    assert problems({"app_database_user": "other"}) == [
+        "app_database_user: 'other' differs from postgresql_app_user 'matcraft', so the application would log in "
+        "through a role the database does not have. Fix: set both to the same name, or neither."]
+
+
 # --- matcraft_environment ---------------------------------------------------------------
 @pytest.mark.parametrize("name", ["production", "staging", "site-test", "eu1", "a" * 32])
 def test_environment_valid(name):
