@@ -264,6 +264,38 @@ def test_restart_drains_the_running_job(host):
              lambda: http(host, "GET", sidecar(running["worker"]))[0] == 200, 90, 2)
 
 
+def test_queued_jobs_survive_a_sigkill_of_redis(host):
+    """Jobs waiting in the broker's queue (no worker consumes it) survive Redis being killed with
+    SIGKILL, as the OOM killer does: the AOF (appendfsync everysec) has them, systemd restarts Redis,
+    and each job runs once when the workers are back."""
+    redis = peer("app-redis")
+    units = {name: peer(name) for name in WORKER_HOSTS}
+    for worker in units.values():
+        stop = worker.run("systemctl stop matcraft-worker@default")
+        assert stop.rc == 0, stop.stderr
+    try:
+        queued = [post_job(host, 0.2, via=API_HOSTS[n % 2]) for n in range(6)]
+        time.sleep(2.5)  # past one fsync of the AOF (everysec)
+        assert all(job(host, job_id)["state"] == "queued" for job_id in queued)
+        old_pid = redis.run("systemctl show --property MainPID --value redis-server").stdout.strip()
+        kill = redis.run("systemctl kill --signal=SIGKILL redis-server")
+        assert kill.rc == 0, kill.stderr
+        wait_for("Redis restarted by systemd after the SIGKILL",
+                 lambda: redis.run("systemctl show --property MainPID --value redis-server").stdout.strip()
+                 not in ("", "0", old_pid)
+                 and redis.run("/usr/local/sbin/matcraft-redis-cli PING").stdout.strip() == "PONG", 60, 0.5)
+    finally:
+        for worker in units.values():
+            start = worker.run("systemctl start matcraft-worker@default")
+            assert start.rc == 0, start.stderr
+    for job_id in queued:
+        done = wait_job_done(host, job_id, 120)
+        assert done["state"] == "done" and done["attempts"] == 1, done
+    for name in WORKER_HOSTS:
+        wait_for("sidecar of %s healthy after the Redis restart" % name,
+                 lambda: http(host, "GET", sidecar(name))[0] == 200, 90, 2)
+
+
 def test_sidecar_reports_a_stopped_worker(host):
     worker = peer("app-worker1")
     status, body = http(host, "GET", sidecar("app-worker1"))
