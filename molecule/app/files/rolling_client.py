@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""A steady, bounded stream of GET requests over several API hosts, retrying on another host.
+"""A steady, bounded stream of GET requests over several API hosts, strict about failures.
 
 usage: rolling_client.py OUT.json COUNT INTERVAL URL [URL...]
 
-Sends COUNT requests, one every INTERVAL seconds, round robin over the URLs.
-A request that fails (no connection, timeout, status other than 200) is sent
-again to the next URL, up to 2 x len(URLs) attempts with a short pause; it
-is *lost* only when every attempt failed. Writes a JSON summary to OUT.json
-(written to a temporary name first, so a reader sees all or nothing).
-Standard library only; stops by itself.
+Sends COUNT requests, one every INTERVAL seconds, round robin over the URLs,
+each on a new connection. Only a connection *refused* (nothing was sent: the
+host was not listening) may be tried again, on the next URL, up to
+2 x len(URLs) attempts with a short pause, as a load balancer does; those
+retries are counted. Any other error (a reset or closed connection, a
+timeout, a status other than 200) fails the request at once. Writes a JSON
+summary to OUT.json (written to a temporary name first, so a reader sees all
+or nothing). Standard library only; stops by itself.
 """
 
 import json
@@ -31,7 +33,7 @@ def attempt(url):
 
 
 def main(out, count, interval, urls):
-    summary = {"sent": 0, "ok": 0, "lost": 0, "retried": 0, "errors": {}, "served_by": {u: 0 for u in urls}}
+    summary = {"sent": 0, "ok": 0, "failed": 0, "refused_retries": 0, "errors": {}, "served_by": {u: 0 for u in urls}}
     started = time.monotonic()
     for n in range(count):
         due = started + n * interval
@@ -45,14 +47,16 @@ def main(out, count, interval, urls):
             if status == 200:
                 summary["ok"] += 1
                 summary["served_by"][url] += 1
-                if k:
-                    summary["retried"] += 1
                 break
             key = error or str(status)
             summary["errors"][key] = summary["errors"].get(key, 0) + 1
+            if error != "ConnectionRefusedError":
+                summary["failed"] += 1
+                break
+            summary["refused_retries"] += 1
             time.sleep(0.2)
         else:
-            summary["lost"] += 1
+            summary["failed"] += 1
     summary["seconds"] = round(time.monotonic() - started, 1)
     with open(out + ".tmp", "w") as handle:
         json.dump(summary, handle)

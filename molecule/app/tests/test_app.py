@@ -319,8 +319,11 @@ def test_sidecar_reports_a_stopped_worker(host):
 # --------------------------------------------------------------------------- restarts and releases
 
 
-def test_rolling_restart_loses_no_request(host):
-    """300 requests over ~30 s through both API hosts (retry on the other) while each restarts in turn."""
+def test_rolling_restart_fails_no_request(host):
+    """300 requests over ~30 s through both API hosts while each restarts in turn: none fails. Only
+    a connection refused (nothing sent yet) is tried again on the other host, as the edge does; a
+    reset, a timeout or an error status fails the request. The number of such retries is in
+    .cache/results/app-rolling-restart.json."""
     script = open(os.path.join(SCENARIO_DIR, "files", "rolling_client.py"), "rb").read()
     host.run("rm -f /var/tmp/rolling.json")
     put = host.run("echo %s | base64 -d > /var/tmp/rolling_client.py", base64.b64encode(script).decode())
@@ -344,7 +347,11 @@ def test_rolling_restart_loses_no_request(host):
     for name in API_HOSTS:
         new_pid = peer(name).run("systemctl show -p MainPID --value matcraft-api").stdout.strip()
         assert new_pid not in ("0", pids[name]), "%s was not restarted" % name
-    assert summary["sent"] == 300 and summary["lost"] == 0 and summary["ok"] == 300, summary
+    results = os.path.join(os.path.dirname(os.path.dirname(SCENARIO_DIR)), ".cache", "results")
+    os.makedirs(results, exist_ok=True)
+    with open(os.path.join(results, "app-rolling-restart.json"), "w") as handle:
+        json.dump(summary, handle, indent=1)
+    assert summary["sent"] == 300 and summary["failed"] == 0 and summary["ok"] == 300, summary
 
 
 def test_graceful_reload_keeps_the_master_and_loses_no_request(host):
@@ -372,7 +379,7 @@ def test_graceful_reload_keeps_the_master_and_loses_no_request(host):
     after = wait_for("two new workers", lambda: (lambda p: p if len(p) == 2 else None)(
         set(node.run("pgrep -P %s", master).stdout.split())), 30)
     assert not before & after, "the old workers are still there: %s %s" % (before, after)
-    assert summary["sent"] == 150 and summary["ok"] == 150 and summary["retried"] == 0, summary
+    assert summary["sent"] == 150 and summary["ok"] == 150 and summary["refused_retries"] == 0, summary
 
 
 def run_converge(*extra):
