@@ -73,3 +73,48 @@ def peer(name):
     # their own root access (docker exec) in MATCRAFT_TESTINFRA_INVENTORY.
     inventory = os.environ.get("MATCRAFT_TESTINFRA_INVENTORY") or os.environ["MOLECULE_INVENTORY_FILE"]
     return testinfra.get_host("ansible://%s?ansible_inventory=%s" % (name, inventory))
+
+
+class Stream:
+    """A bounded stream of HTTPS requests with no retry (_shared/files/strict_client.py), run on
+    `host` as a transient systemd unit, to https://server_name at `address`, one request every
+    `interval` seconds, round robin over `paths` (see the client for POST). Use as a context
+    manager around the operation under test, then read summary()."""
+
+    CLIENT = "/var/tmp/strict_client.py"
+
+    def __init__(self, host, name, address, server_name, paths, interval=0.2, count=12000):
+        self.host, self.name = host, name
+        self.address, self.server_name, self.paths = address, server_name, list(paths)
+        self.interval, self.count = interval, count
+        self.out, self.stop = "/var/tmp/%s.json" % name, "/var/tmp/%s.stop" % name
+        self.unit = "stream-%s" % name
+
+    def __enter__(self):
+        import base64
+        import os
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        script = open(os.path.join(here, "_shared", "files", "strict_client.py"), "rb").read()
+        put = self.host.run("echo %s | base64 -d > %s", base64.b64encode(script).decode(), self.CLIENT)
+        assert put.rc == 0, put.stderr
+        self.host.run("rm -f %s %s", self.out, self.stop)
+        self.host.run("systemctl reset-failed %s", self.unit)
+        start = self.host.run(
+            "systemd-run --unit=%s --property=RuntimeMaxSec=2700 python3 %s %s %s %s %s %s %s " + " ".join(["%s"] * len(self.paths)),
+            self.unit, self.CLIENT, self.out, self.stop, str(self.count), str(self.interval), self.address,
+            self.server_name, *self.paths)
+        assert start.rc == 0, start.stderr
+        self.started = time.time()
+        time.sleep(4)
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is None:
+            time.sleep(4)
+        self.host.run("touch %s", self.stop)
+
+    def summary(self):
+        text = wait_for("the summary of stream %s" % self.name,
+                        lambda: self.host.file(self.out).exists and self.host.file(self.out).content_string, 60, 1)
+        return json.loads(text)

@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""A steady, bounded stream of HTTPS GET requests to one address, with NO retry.
+"""A steady, bounded stream of HTTPS requests to one address, with NO retry.
 
 usage: strict_client.py OUT.json STOPFILE COUNT INTERVAL ADDRESS SERVER_NAME PATH [PATH...]
 
 Sends up to COUNT requests, one every INTERVAL seconds, round robin over the
 PATHs, to https://SERVER_NAME/PATH at ADDRESS:443 (the certificate is
-verified against the system trust store for SERVER_NAME). Each request uses
-a new connection and is sent once: any error or a status other than 200 is a
-failure, recorded with its time. Stops after COUNT requests or as soon as
-STOPFILE exists. Writes a JSON summary to OUT.json (through a temporary name,
-so a reader sees all or nothing). Standard library only.
+verified against the system trust store for SERVER_NAME). A PATH is a GET,
+or "POST:/path" for a POST of the JSON body {"seconds": 0} (a MatCraft job):
+a GET must answer 200, a POST 200, 201 or 202, and the URLs of the created
+resources (Location) are listed in the summary. Each request uses a new
+connection and is sent once: any error or another status is a failure,
+recorded with its time. Stops after COUNT requests or as soon as STOPFILE
+exists. Writes a JSON summary to OUT.json (through a temporary name, so a
+reader sees all or nothing). Standard library only.
 """
 
 import http.client
@@ -34,14 +37,19 @@ class PinnedHTTPSConnection(http.client.HTTPSConnection):
 
 
 def request(address, server_name, context, path):
+    """(status, error, Location header) of one request on a new connection."""
+    method, body, headers = "GET", None, {"Connection": "close"}
+    if path.startswith("POST:"):
+        method, path, body = "POST", path[len("POST:"):], b'{"seconds": 0}'
+        headers["Content-Type"] = "application/json"
     connection = PinnedHTTPSConnection(address, server_name, context, timeout=10)
     try:
-        connection.request("GET", path, headers={"Connection": "close"})
+        connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
         response.read()
-        return response.status, None
+        return response.status, None, response.getheader("Location")
     except (OSError, http.client.HTTPException) as exc:
-        return None, "%s: %s" % (type(exc).__name__, exc)
+        return None, "%s: %s" % (type(exc).__name__, exc), None
     finally:
         connection.close()
 
@@ -49,7 +57,7 @@ def request(address, server_name, context, path):
 def main(out, stopfile, count, interval, address, server_name, paths):
     context = ssl.create_default_context()
     summary = {"sent": 0, "ok": 0, "failed": 0, "failures": [], "by_path": {p: 0 for p in paths},
-               "started": time.time()}
+               "created": [], "started": time.time()}
     started = time.monotonic()
     for n in range(count):
         if os.path.exists(stopfile):
@@ -60,10 +68,12 @@ def main(out, stopfile, count, interval, address, server_name, paths):
             time.sleep(pause)
         path = paths[n % len(paths)]
         summary["sent"] += 1
-        status, error = request(address, server_name, context, path)
-        if status == 200:
+        status, error, location = request(address, server_name, context, path)
+        if status == 200 or (path.startswith("POST:") and status in (201, 202)):
             summary["ok"] += 1
             summary["by_path"][path] += 1
+            if location:
+                summary["created"].append(location)
         else:
             summary["failed"] += 1
             if len(summary["failures"]) < 50:

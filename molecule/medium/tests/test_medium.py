@@ -7,7 +7,6 @@ Tests run in file order: 1.0.1 is rolled out, then a broken 1.0.2 stops at the
 first API host, then 1.0.1 again restores everything.
 """
 
-import base64
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ from datetime import datetime
 
 import yaml
 
+import helpers
 from helpers import address_of, peer, wait_for
 
 testinfra_hosts = ["medium-edge"]
@@ -29,7 +29,6 @@ SCENARIO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROJECT_DIR = os.path.dirname(os.path.dirname(SCENARIO_DIR))
 EPHEMERAL = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "")
 WHEEL_DIR = os.path.join(EPHEMERAL, "wheels")
-CLIENT = "/var/tmp/strict_client.py"
 _ADDRESSES = {}
 
 
@@ -122,36 +121,9 @@ def upgrade(version, expect_success=True):
     return output
 
 
-class Stream:
+def Stream(host, name):  # noqa: N802 - used as the class it returns
     """A bounded stream of GETs through the edge (no retry), on the edge host."""
-
-    def __init__(self, host, name):
-        self.host, self.name = host, name
-        self.out, self.stop = "/var/tmp/%s.json" % name, "/var/tmp/%s.stop" % name
-
-    def __enter__(self):
-        script = open(os.path.join(SCENARIO_DIR, "files", "strict_client.py"), "rb").read()
-        put = self.host.run("echo %s | base64 -d > %s", base64.b64encode(script).decode(), CLIENT)
-        assert put.rc == 0, put.stderr
-        self.host.run("rm -f %s %s", self.out, self.stop)
-        self.host.run("systemctl reset-failed medium-%s", self.name)
-        start = self.host.run(
-            "systemd-run --unit=medium-%s --property=RuntimeMaxSec=2700 python3 %s %s %s 12000 0.2 127.0.0.1 %s "
-            "/v1/campaigns /health", self.name, CLIENT, self.out, self.stop, DOMAIN)
-        assert start.rc == 0, start.stderr
-        self.started = time.time()
-        time.sleep(4)
-        return self
-
-    def __exit__(self, *exc):
-        if exc[0] is None:
-            time.sleep(4)
-        self.host.run("touch %s", self.stop)
-
-    def summary(self):
-        text = wait_for("the summary of stream %s" % self.name,
-                        lambda: self.host.file(self.out).exists and self.host.file(self.out).content_string, 60, 1)
-        return json.loads(text)
+    return helpers.Stream(host, "medium-" + name, "127.0.0.1", DOMAIN, ["/v1/campaigns", "/health"])
 
 
 def access_log(host, since):

@@ -2,14 +2,18 @@
 
 The client of the public URL is site-monitor1 (matcraft.test resolves to
 site-api1, the edge, on every host) or this controller (verify.yml). Tests run
-in file order: the checks of the healthy deployment first, then the ones that
+in file order, those that take the `host` fixture first (pytest groups them):
+the checks of the healthy deployment first, then the ones that
 break something on purpose (a stopped worker, 5xx answers, a queue with no
-consumer) and repair it, then the certificate mode switch.
+consumer) and repair it, then the certificate mode switch, and last the
+rotation of every secret.
 """
 
+import hashlib
 import json
 import os
 import re
+import secrets
 import subprocess
 import time
 from urllib.parse import quote
@@ -17,7 +21,7 @@ from urllib.parse import quote
 import pytest
 import yaml
 
-from helpers import address_of, assert_unit_running, curl_json, peer, probe_tcp, wait_for
+from helpers import Stream, address_of, assert_unit_running, curl_json, peer, probe_tcp, wait_for
 
 testinfra_hosts = ["site-monitor1"]
 
@@ -573,3 +577,106 @@ def test_provided_certificate_mode_then_back_to_internal(tmp_path):
     # The provided key is gone once another mode serves.
     assert not peer("site-api1").run("grep -rlF -- %s /etc/nginx /etc/matcraft 2>/dev/null",
                                      key.read_text().strip().splitlines()[1]).stdout.strip()
+
+
+# --------------------------------------------------------------------------- rotation (last: it changes every secret)
+
+
+def _db_login(password):
+    """The login role the application uses with this password (matcraft.deploy.db_login_name)."""
+    return "matcraft_" + hashlib.sha256(("matcraft:" + password).encode()).hexdigest()[:10]
+
+
+def _in_container(name, argv, stdin):
+    """Run argv in a scenario container with the secret on stdin, never on a command line."""
+    return subprocess.run(["docker", "exec", "-i", name] + argv, input=stdin, capture_output=True, text=True, timeout=60)
+
+
+def _database_login_works(user, password):
+    url = "postgresql://%s:%s@%s:5432/matcraft?sslmode=verify-full&sslrootcert=/etc/matcraft/pki/ca.crt" % (
+        user, quote(password, safe=""), address_of(peer("site-db1")))
+    probe = _in_container("site-api1", ["/opt/matcraft/current/venv/bin/python", "-c",
+                                        "import sys, psycopg; psycopg.connect(sys.stdin.read(), connect_timeout=5).close()"],
+                          url)
+    return probe.returncode == 0
+
+
+def _redis_login_works(password):
+    probe = _in_container("site-redis1", ["redis-cli", "-s", "/run/redis/redis-server.sock", "--no-auth-warning"],
+                          "AUTH matcraft %s\nPING\n" % password)
+    return probe.returncode == 0 and "PONG" in probe.stdout
+
+
+def test_rotating_every_secret_keeps_every_request_working(tmp_path):
+    """The documented rotation, under a stream of requests through the edge: matcraft.deploy.secrets
+    -e secrets_force=true on the vault file, then site with --diff. No request fails (the new
+    database login role and Redis password are accepted before the old ones are retired, and the
+    API reloads its environment with its socket open); no secret, old or new, raw or URL-encoded, is
+    printed; the queued jobs complete; the old credentials are refused afterwards; the CA stays; and
+    verify passes with the new secrets. It takes no `host` fixture: pytest runs the tests that
+    take it first, and this one must run after every other test of the scenario."""
+    pass_file, vault, plain = tmp_path / "vault-pass", tmp_path / "vault.yml", tmp_path / "plain.yml"
+    pass_file.write_text(secrets.token_hex(24))
+    pass_file.chmod(0o600)
+    plain.write_text(yaml.safe_dump(SECRETS))
+    made = subprocess.run(["ansible-vault", "encrypt", "--vault-password-file", str(pass_file), "--output", str(vault),
+                           str(plain)], capture_output=True, text=True)
+    plain.unlink()
+    assert made.returncode == 0, made.stderr
+    rotate = ansible_playbook("matcraft.deploy.secrets", "-e", "secrets_file=%s" % vault,
+                              "-e", "secrets_vault_password_file=%s" % pass_file, "-e", "secrets_force=true")
+    assert rotate.returncode == 0, rotate.stdout[-4000:]
+    shown = subprocess.run(["ansible-vault", "view", "--vault-password-file", str(pass_file), str(vault)],
+                           capture_output=True, text=True)
+    new = yaml.safe_load(shown.stdout)
+    assert new["matcraft_pki_ca_passphrase_previous"] == SECRETS["matcraft_pki_ca_passphrase"]
+    assert all(new[name] != value for name, value in SECRETS.items()), "a secret kept its value"
+
+    monitor = peer("site-monitor1")
+    ca_before = monitor.run("openssl x509 -noout -fingerprint -sha256 -in /etc/matcraft/pki/ca.crt").stdout
+    started = time.time()
+    with Stream(monitor, "site-rotation", edge_address(), DOMAIN, ["/health", "POST:/v1/jobs", "/v1/campaigns"],
+                interval=0.25) as stream:
+        site = ansible_playbook("matcraft.deploy.site", "--diff", "-e", "@%s" % vault,
+                                "--vault-password-file", str(pass_file))
+    summary = stream.summary()
+    seconds = round(time.time() - started)
+    assert site.returncode == 0, site.stdout[-8000:]
+    printed = site.stdout + site.stderr
+    for value in list(SECRETS.values()) + [v for v in new.values() if isinstance(v, str)]:
+        assert value not in printed and quote(value, safe="") not in printed, "a secret was printed by site --diff"
+
+    figures = {"requests": summary["sent"], "failed": summary["failed"], "stream_seconds": summary["seconds"],
+               "site_seconds": seconds, "by_path": summary["by_path"], "failures": summary["failures"][:10]}
+    results = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))), ".cache", "results")
+    os.makedirs(results, exist_ok=True)
+    with open(os.path.join(results, "site-rotation-window.json"), "w") as handle:
+        json.dump(figures, handle, indent=1)
+    assert summary["sent"] >= 4 * 60, figures
+    assert summary["failed"] == 0, "requests failed during the rotation: %s" % json.dumps(figures)
+
+    # Every job posted during the rotation completes.
+    for location in summary["created"]:
+        done = wait_for("job %s done" % location,
+                        lambda: (lambda r: r[1] if r[0] == 200 and r[1]["state"] in ("done", "failed") else None)(
+                            public(monitor, "GET", location)), 180, 2)
+        assert done["state"] == "done", done
+
+    # The old credentials are retired, the new ones work; the CA is the same.
+    db = peer("site-db1").run("runuser -u postgres -- psql -d matcraft -Atc %s",
+                              "SELECT string_agg(r.rolname, ',' ORDER BY r.rolname) FROM pg_auth_members m "
+                              "JOIN pg_roles r ON r.oid = m.member JOIN pg_roles g ON g.oid = m.roleid "
+                              "WHERE g.rolname = 'matcraft'")
+    assert db.stdout.strip() == _db_login(new["matcraft_db_password"]), db.stdout + db.stderr
+    assert _database_login_works(_db_login(new["matcraft_db_password"]), new["matcraft_db_password"])
+    assert not _database_login_works(_db_login(SECRETS["matcraft_db_password"]), SECRETS["matcraft_db_password"])
+    assert not _database_login_works("matcraft", SECRETS["matcraft_db_password"])
+    assert _redis_login_works(new["matcraft_redis_password"])
+    assert not _redis_login_works(SECRETS["matcraft_redis_password"])
+    assert monitor.run("openssl x509 -noout -fingerprint -sha256 -in /etc/matcraft/pki/ca.crt").stdout == ca_before
+
+    check = ansible_playbook("matcraft.deploy.verify", "-e", "@%s" % vault, "--vault-password-file", str(pass_file),
+                             "-e", "verify_public_address=" + edge_address())
+    assert check.returncode == 0, "verify failed after the rotation:\n%s" % check.stdout[-8000:]
+    assert "10 of 10 checks passed" in check.stdout
