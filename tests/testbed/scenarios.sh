@@ -11,7 +11,9 @@
 # to finish sooner). With --summary, the last lines count every test of
 # these scenarios (and the unit tests' when MATCRAFT_SUMMARY_UNIT=1, as in
 # `make test`): each failure and skip named, then "N passed, N failed, N
-# skipped" (tests/testbed/summary.py). Exit status: 0 when every scenario passed.
+# skipped" (tests/testbed/summary.py). Before it, a table of where each
+# scenario's wall and CPU time went (tests/testbed/timings.py). Exit status:
+# 0 when every scenario passed.
 set -uo pipefail
 
 jobs=2
@@ -24,14 +26,20 @@ if [ "${1:-}" = "--summary" ]; then summary=1; shift; fi
 root=$(cd "$(dirname "$0")/../.." && pwd)
 logs="$root/.cache/molecule-logs"
 mkdir -p "$logs" "$root/.cache/results"
-rm -f "$logs"/*.log "$logs"/*.result
+rm -f "$logs"/*.log "$logs"/*.result "$logs"/*.times "$logs"/*.time "$logs"/*.cpu
 for name in "$@"; do rm -f "$root/.cache/results/scenario-$name.xml"; done
 
 run_one() {
   local name=$1 start rc
   start=$(date +%s)
   echo "=== scenario $name: started" >&2
-  (cd "$root" && molecule test -s "$name") >"$logs/$name.log" 2>&1
+  # The full output goes to the log; a copy to timings.py, which notes when each
+  # action and task started; bash's time notes wall and controller CPU time,
+  # destroy.yml the hosts' CPU time (MATCRAFT_CPU_FILE).
+  local TIMEFORMAT='%R %U %S'
+  { time (cd "$root" && MATCRAFT_CPU_FILE="$logs/$name.cpu" molecule test -s "$name" 2>&1 \
+            | tee "$logs/$name.log" | python3 "$root/tests/testbed/timings.py" stamp "$logs/$name.times"
+          exit "${PIPESTATUS[0]}"); } 2>"$logs/$name.time"
   rc=$?
   echo "$rc $(( $(date +%s) - start ))" >"$logs/$name.result"
   if [ "$rc" -eq 0 ]; then
@@ -62,6 +70,8 @@ for name in "$@"; do
 done
 [ -z "$failed_names" ] || echo "failed scenarios:$failed_names (logs in $logs)"
 echo "scenarios: $passed passed, $failed failed"
+echo "=== where the time went (tests/testbed/timings.py; docs/testing.md explains the columns)"
+python3 "$root/tests/testbed/timings.py" table "$@" || failed=$((failed + 1))
 if [ "$summary" = 1 ]; then
   results=()
   for name in "$@"; do
