@@ -10,6 +10,7 @@ secret_problem   why a secret is too weak or a placeholder ('' when strong)
 duplicate_secrets  names of secrets that share a value with another one
 bcrypt_hash      a bcrypt hash with a salt derived from a seed (stable across runs)
 db_login_name    the database login role that goes with an owner role and a password
+mask_credentials  text (a journal excerpt) with credentials and the given secrets masked
 """
 
 from __future__ import annotations
@@ -248,6 +249,26 @@ def db_login_name(owner, password):
     return "%s_%s" % (owner, digest[:10])
 
 
+MASK = "********"
+_URL_CREDENTIALS = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@", re.I)
+_ASSIGNED_SECRET = re.compile(r"(\b[\w.-]*(?:password|passwd|secret|token)[\w.-]*\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&]+)",
+                              re.I)
+
+
+def mask_credentials(text, secrets=None):
+    """``text`` with credentials masked: every value of ``secrets`` (raw and URL-encoded), the
+    password of any ``scheme://user:password@`` URL, and the value after any ``…password=``,
+    ``secret:``, ``token=``. For journal excerpts that a failed run prints."""
+    from urllib.parse import quote
+
+    text = str(text)
+    for secret in sorted((str(s) for s in (secrets or []) if s and len(str(s)) >= 4), key=len, reverse=True):
+        for form in {secret, quote(secret, safe=""), quote(secret)}:
+            text = text.replace(form, MASK)
+    text = _URL_CREDENTIALS.sub(lambda m: m.group(1) + MASK + "@", text)
+    return _ASSIGNED_SECRET.sub(lambda m: m.group(1) + MASK, text)
+
+
 class FilterModule(object):
     """matcraft.deploy filters."""
 
@@ -261,4 +282,5 @@ class FilterModule(object):
             "duplicate_secrets": duplicate_secrets,
             "bcrypt_hash": bcrypt_hash,
             "db_login_name": db_login_name,
+            "mask_credentials": mask_credentials,
         }

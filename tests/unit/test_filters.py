@@ -136,3 +136,24 @@ def test_db_login_name_follows_the_password():
 def test_db_login_name_refuses(owner, password):
     with pytest.raises(Exception):
         f.db_login_name(owner, password)
+
+
+def test_mask_credentials_hides_given_secrets_urls_and_assignments():
+    secret = "Qv7/Lm@3Kp:9Zx%Rt5"
+    text = ("start: DATABASE_URL=postgresql://matcraft_ab12:%s@10.0.0.5:5432/matcraft\n"
+            "redis: rediss://matcraft:other-pass@10.0.0.6:6380/0 failed\n"
+            "raw %s and encoded Qv7%%2FLm%%403Kp%%3A9Zx%%25Rt5\n"
+            "conf: password=hunter22 db_password: \"two words\" token='abc' OK\n") % (
+        "Qv7%2FLm%403Kp%3A9Zx%25Rt5", secret)
+    masked = f.mask_credentials(text, [secret, ""])
+    for leak in (secret, "Qv7%2FLm%403Kp%3A9Zx%25Rt5", "other-pass", "hunter22", "two words", "abc"):
+        assert leak not in masked, (leak, masked)
+    assert "postgresql://matcraft_ab12:********@10.0.0.5:5432/matcraft" in masked
+    assert "rediss://matcraft:********@10.0.0.6:6380/0 failed" in masked
+    assert "raw ******** and encoded ********" in masked
+    assert "password=******** db_password: ******** token=******** OK" in masked
+
+
+def test_mask_credentials_leaves_plain_lines():
+    line = "gunicorn[42]: [INFO] Booting worker with pid: 43 (GET /health 200)"
+    assert f.mask_credentials(line, []) == line

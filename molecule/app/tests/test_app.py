@@ -165,6 +165,18 @@ def test_migrations_ran_once_on_the_designated_host():
 # --------------------------------------------------------------------------- network and health
 
 
+def test_the_access_log_keeps_no_query_string(host):
+    """A token in a query string does not reach the API's access log (uvicorn's access lines
+    pass through a filter in the gunicorn settings); the path does."""
+    since = peer("app-api1").run("date +%s").stdout.strip()
+    status, _ = http(host, "GET", api("app-api1", "/health?token=QueryStringMarker7"))
+    assert status == 200
+    lines = wait_for("the request in the access log", lambda: [
+        line for line in peer("app-api1").run("journalctl -u matcraft-api --since @%s --no-pager -o cat", since)
+        .stdout.splitlines() if '"GET /health' in line] or None, 30)
+    assert not [line for line in lines if "QueryStringMarker7" in line or "?" in line], lines
+
+
 def test_firewall_lets_monitoring_in_and_keeps_outsiders_out(host):
     outsider = peer("app-db")
     for name in API_HOSTS:
