@@ -28,7 +28,8 @@ import time
 
 LOGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".cache", "molecule-logs")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-ACTION = re.compile(r"➜ (\w+): Executing")
+# "<scenario> ➜ converge: Executing" on a terminal, "[<scenario> > converge] Executing" elsewhere (CI).
+ACTION = re.compile(r"➜ (\w+): Executing|\[[\w.-]+ > (\w+)\] Executing")
 TASK = re.compile(r"TASK \[([^\]]*)\]")
 INSTALL = re.compile(r"install|package|\bapt\b|\bpip\b|wheel|virtualenv", re.I)
 ACTIONS = ("create", "prepare", "converge", "idempotence", "verify")
@@ -41,7 +42,7 @@ def stamp(out):
             match = ACTION.search(line)
             task = TASK.search(line)
             if match:
-                handle.write("%d action %s\n" % (time.time(), match.group(1)))
+                handle.write("%d action %s\n" % (time.time(), match.group(1) or match.group(2)))
             elif task:
                 handle.write("%d task %s\n" % (time.time(), task.group(1)))
             else:

@@ -15,11 +15,12 @@ def test_stamp_keeps_actions_and_tasks_without_colours(tmp_path, monkeypatch):
     out = tmp_path / "x.times"
     text = ("\x1b[36mINFO \x1b[0m \x1b[32mx\x1b[0m ➜ \x1b[33mconverge\x1b[0m: \x1b[36mExecuting\x1b[0m\n"
             "  │ TASK [Install the packages]\nok: [x-api1]\n"
-            "\x1b[36mINFO \x1b[0m x ➜ converge: Executed: Successful\n")
+            "\x1b[36mINFO \x1b[0m x ➜ converge: Executed: Successful\n"
+            "INFO     [x > idempotence] Executing\n  │ TASK [Start the API]\n")
     monkeypatch.setattr("sys.stdin", io.StringIO(text))
     TIMINGS.stamp(str(out))
     assert [line.split(" ", 1)[1] for line in out.read_text().splitlines()] == [
-        "action converge", "task Install the packages"]
+        "action converge", "task Install the packages", "action idempotence", "task Start the API"]
 
 
 def test_spans_give_each_action_its_time_and_count_install_tasks(tmp_path):
