@@ -5,7 +5,8 @@
 
 preflight_problems   hostvars, play hosts, groups, settings -> one message per mistake
                      ("<variable>: <what is wrong>. Fix: <how>"), never a secret value
-preflight_warnings   hostvars, play hosts -> warnings (unknown variables, typos)
+preflight_warnings   hostvars, play hosts, settings -> warnings (SSH open to the world on
+                     purpose, unknown variables, typos, removed variables)
 preflight_known_variables  the variable names the collection's roles declare
 
 Every check reads only what the inventory sets (group_vars, host_vars, extra
@@ -672,6 +673,10 @@ DEFAULT_SETTINGS = {
     "groups": None,
     "check_domain": True,
     "tls_modes": ["letsencrypt", "provided", "internal"],
+    # The common role's default of common_firewall_ssh_cidrs (hostvars hold no role
+    # defaults) and the preflight role's default of the acknowledgement.
+    "ssh_cidrs_default": ["0.0.0.0/0", "::/0"],
+    "ssh_open_to_world_acknowledged": False,
 }
 
 
@@ -752,12 +757,77 @@ def _merge_per_host(per_host):
     return merged
 
 
+# --- SSH open to the world -------------------------------------------------------------
+SSH_ACKNOWLEDGEMENT = "preflight_ssh_open_to_world_acknowledged"
+
+
+def ssh_world_cidrs(cidrs):
+    """The entries of a list of networks that admit every address of their family
+    (prefix length 0: 0.0.0.0/0, ::/0, or another spelling of them such as ::0/0
+    or 10.0.0.0/0); entries that are not networks are left to the address check."""
+    found = []
+    for item in cidrs if _is_list(cidrs) else []:
+        if not isinstance(item, str) or network_problem(item):
+            continue
+        if ipaddress.ip_network(item.strip(), strict=False).prefixlen == 0:
+            found.append(item.strip())
+    return found
+
+
+def ssh_open_to_world(variables, settings=None):
+    """SSH open to the whole Internet on one host: None when it is not, else
+    (message, acknowledged). It is open when the common role's firewall is on
+    (common_firewall_enabled, default true) and common_firewall_ssh_cidrs (or,
+    unset, the common role's default in settings["ssh_cidrs_default"]) has a
+    network of prefix length 0. acknowledged: preflight_ssh_open_to_world_acknowledged
+    of the host, or settings["ssh_open_to_world_acknowledged"] (the role's value)."""
+    config = dict(DEFAULT_SETTINGS)
+    config.update(settings or {})
+    if not _truthy(_get(variables, "common_firewall_enabled", True)):
+        return None
+    cidrs = _get(variables, "common_firewall_ssh_cidrs")
+    if cidrs is MISSING:
+        try:
+            if "common_firewall_ssh_cidrs" in variables:
+                return None  # set, but it cannot be templated: the common role reports it
+        except Exception:  # pylint: disable=broad-except
+            return None
+        cidrs, unset = config["ssh_cidrs_default"], True
+    else:
+        unset = False
+    world = ssh_world_cidrs(cidrs)
+    if not world:
+        return None
+    port = _get(variables, "common_firewall_ssh_port", 22)
+    what = "%s to SSH (port %s): the whole Internet may try to log in" % (" and ".join(world), port)
+    what = ("not set, so the common role's default admits " if unset else "admits ") + what
+    acknowledged = _truthy(_get(variables, SSH_ACKNOWLEDGEMENT, config["ssh_open_to_world_acknowledged"]))
+    if acknowledged:
+        message = ("common_firewall_ssh_cidrs: %s; %s is true, so the run goes on. Fix: narrow it to your admin "
+                   "networks in the inventory's group_vars/all/main.yml." % (what, SSH_ACKNOWLEDGEMENT))
+    else:
+        message = ("common_firewall_ssh_cidrs: %s. Fix: set it to your admin networks in the inventory's "
+                   "group_vars/all/main.yml, such as [\"192.0.2.0/24\"]; to keep SSH open to the world on purpose, "
+                   "set %s: true." % (what, SSH_ACKNOWLEDGEMENT))
+    return message, acknowledged
+
+
+def _ssh_messages(hostvars, hosts, settings, acknowledged):
+    """The SSH-open messages per host: the refused ones, or the acknowledged ones."""
+    found = {}
+    for host in hosts:
+        result = ssh_open_to_world(hostvars[host], settings)
+        found[host] = [result[0]] if result and result[1] == acknowledged else []
+    return found
+
+
 def preflight_problems(hostvars, hosts, groups, settings=None):
     """Every mistake of the inventory: one message per mistake, in a stable order.
 
     hostvars: the hostvars (or a dict host -> variables); hosts: the hosts to check
     (the play's); groups: inventory groups; settings: the preflight role's
-    tiers, group_min_hosts_by_tier, groups, check_domain, tls_modes.
+    tiers, group_min_hosts_by_tier, groups, check_domain, tls_modes,
+    ssh_cidrs_default, ssh_open_to_world_acknowledged.
     """
     config = dict(DEFAULT_SETTINGS)
     config.update(settings or {})
@@ -765,7 +835,8 @@ def preflight_problems(hostvars, hosts, groups, settings=None):
     if not hosts:
         return []
     problems = _global_problems(hostvars[hosts[0]], groups or {}, config)
-    problems += _merge_per_host({host: host_variable_problems(hostvars[host]) for host in hosts})
+    ssh = _ssh_messages(hostvars, hosts, config, acknowledged=False)
+    problems += _merge_per_host({host: host_variable_problems(hostvars[host]) + ssh[host] for host in hosts})
     return problems
 
 
@@ -817,9 +888,18 @@ def _watched(name):
     return name.startswith("matcraft_") or any(name.startswith(prefix + "_") for prefix in ROLE_PREFIXES)
 
 
-def preflight_warnings(hostvars, hosts, known=None):
-    """Warnings (the run goes on): variables of the inventory that look like the
-    collection's (matcraft_ or a role's prefix) but that no role declares."""
+# Variables the collection no longer reads: name -> what replaced them (a warning
+# says so, instead of a guess at a close name).
+REMOVED_VARIABLES = {
+    "preflight_warn_ssh_open": ("SSH open to the world now stops the run unless %s is true (then it warns)"
+                                % SSH_ACKNOWLEDGEMENT),
+}
+
+
+def preflight_warnings(hostvars, hosts, known=None, settings=None):
+    """Warnings (the run goes on): SSH open to the world with the acknowledgement
+    (settings as for preflight_problems); variables of the inventory that look like
+    the collection's (matcraft_ or a role's prefix) but that no role declares."""
     known = list(known) if known is not None else preflight_known_variables()
     # Without the roles' specs (a partial copy of the collection) every name would look unknown.
     known_set = set(known) if set(known) - set(MATCRAFT_INPUTS) - set(INTERNAL_FACTS) else None
@@ -829,7 +909,9 @@ def preflight_warnings(hostvars, hosts, known=None):
         for name in hostvars[host]:
             if isinstance(name, str) and _watched(name) and name not in known_set:
                 found.setdefault(name, []).append(host)
-    warnings = []
+    config = dict(DEFAULT_SETTINGS)
+    config.update(settings or {})
+    warnings = _merge_per_host(_ssh_messages(hostvars, hosts, config, acknowledged=True)) if hosts else []
     if hosts and _get(hostvars[hosts[0]], "matcraft_environment") is MISSING:
         warnings.append("matcraft_environment: not set, so the internal CA is named for 'production'. Fix: set it "
                         "in group_vars/all to this environment's short lowercase name, such as production or "
@@ -838,6 +920,10 @@ def preflight_warnings(hostvars, hosts, known=None):
         where = "" if len(found[name]) == len(hosts) else " on host%s %s" % (
             "s" if len(found[name]) > 1 else "", ", ".join(found[name]))
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        if name in REMOVED_VARIABLES:
+            warnings.append("%s%s: was removed from matcraft.deploy, so it changes nothing: %s. Fix: remove it."
+                            % (name, where, REMOVED_VARIABLES[name]))
+            continue
         if close:
             fix = "did you mean %s? Rename it" % close[0]
         else:

@@ -25,6 +25,8 @@ SETTINGS = {
     "groups": None,
     "check_domain": True,
     "tls_modes": PREFLIGHT_DEFAULTS["preflight_tls_modes"],
+    "ssh_cidrs_default": PREFLIGHT_DEFAULTS["preflight_ssh_cidrs_default"],
+    "ssh_open_to_world_acknowledged": PREFLIGHT_DEFAULTS["preflight_ssh_open_to_world_acknowledged"],
 }
 GROUPS = {"matcraft_api": ["app1"], "matcraft_workers": ["app1"], "matcraft_edge": ["app1"],
           "matcraft_database": ["data1"], "matcraft_redis": ["data1"], "matcraft_monitoring": ["data1"]}
@@ -52,11 +54,11 @@ def problems(changes=None, host_changes=None, settings=None):
     return p.preflight_problems(hostvars, ["app1", "data1"], GROUPS, dict(SETTINGS, **(settings or {})))
 
 
-def warnings(changes=None, host_changes=None):
+def warnings(changes=None, host_changes=None, settings=None):
     hostvars = {host: _vars(changes or {}) for host in ("app1", "data1")}
     for host, more in (host_changes or {}).items():
         hostvars[host].update(more)
-    return p.preflight_warnings(hostvars, ["app1", "data1"])
+    return p.preflight_warnings(hostvars, ["app1", "data1"], settings=dict(SETTINGS, **(settings or {})))
 
 
 def test_valid_inventory_has_no_problem_and_no_warning():
@@ -326,6 +328,115 @@ def test_ssh_cidrs_string():
     assert problems({"common_firewall_ssh_cidrs": "192.0.2.0/24"}) == [
         "common_firewall_ssh_cidrs: is a string; it must be a list of networks. Fix: write it as a YAML list, such "
         "as [\"192.0.2.0/24\"]."]
+
+
+# --- SSH open to the world ---------------------------------------------------------------------------
+ACK = "preflight_ssh_open_to_world_acknowledged"
+SSH_FIX = ("Fix: set it to your admin networks in the inventory's group_vars/all/main.yml, such as "
+           "[\"192.0.2.0/24\"]; to keep SSH open to the world on purpose, set "
+           "preflight_ssh_open_to_world_acknowledged: true.")
+SSH_ACKNOWLEDGED = ("; preflight_ssh_open_to_world_acknowledged is true, so the run goes on. Fix: narrow it to your "
+                    "admin networks in the inventory's group_vars/all/main.yml.")
+
+
+def test_ssh_open_to_the_world_v4_stops_the_run():
+    expected = ["common_firewall_ssh_cidrs: admits 0.0.0.0/0 to SSH (port 22): the whole Internet may try to log "
+                "in. " + SSH_FIX]
+    assert problems({"common_firewall_ssh_cidrs": ["0.0.0.0/0"]}) == expected
+    # Beside a narrow network, only the world is named; no warning as well.
+    assert problems({"common_firewall_ssh_cidrs": ["192.0.2.0/24", "0.0.0.0/0"]}) == expected
+    assert warnings({"common_firewall_ssh_cidrs": ["0.0.0.0/0"]}) == []
+
+
+def test_ssh_open_to_the_world_v6_stops_the_run():
+    assert problems({"common_firewall_ssh_cidrs": ["192.0.2.0/24", "::/0"], "common_firewall_ssh_port": 2222}) == [
+        "common_firewall_ssh_cidrs: admits ::/0 to SSH (port 2222): the whole Internet may try to log in. " + SSH_FIX]
+
+
+@pytest.mark.parametrize("spelling", ["::0/0", "0::/0", "0.0.0.0/00", "10.0.0.0/0", " 0.0.0.0/0 "])
+def test_ssh_open_to_the_world_in_another_spelling_stops_the_run(spelling):
+    """Any network of prefix length 0 is the whole address family, however it is written."""
+    found = problems({"common_firewall_ssh_cidrs": [spelling]})
+    assert len(found) == 1 and found[0].startswith("common_firewall_ssh_cidrs: admits %s to SSH" % spelling.strip())
+
+
+def test_ssh_left_to_the_common_roles_default_stops_the_run():
+    assert problems({"common_firewall_ssh_cidrs": DELETE}) == [
+        "common_firewall_ssh_cidrs: not set, so the common role's default admits 0.0.0.0/0 and ::/0 to SSH (port 22): "
+        "the whole Internet may try to log in. " + SSH_FIX]
+
+
+@pytest.mark.parametrize("value", [["192.0.2.0/24"], ["10.0.0.0/8", "2001:db8::/32"], ["0.0.0.0/1"], ["::/1"], []])
+def test_ssh_narrowed_passes_without_a_warning(value):
+    assert problems({"common_firewall_ssh_cidrs": value}) == []
+    assert warnings({"common_firewall_ssh_cidrs": value}) == []
+    # The acknowledgement of a narrowed list changes nothing.
+    assert problems({"common_firewall_ssh_cidrs": value, ACK: True}) == []
+    assert warnings({"common_firewall_ssh_cidrs": value, ACK: True}) == []
+
+
+@pytest.mark.parametrize("value", [False, "false", "no"])
+def test_ssh_open_with_the_firewall_off_is_not_preflights_business(value):
+    """Without the common role's firewall, SSH is not opened by this collection: no stop, no warning."""
+    assert problems({"common_firewall_ssh_cidrs": ["0.0.0.0/0", "::/0"], "common_firewall_enabled": value}) == []
+    assert warnings({"common_firewall_ssh_cidrs": ["0.0.0.0/0", "::/0"], "common_firewall_enabled": value}) == []
+    assert problems({"common_firewall_ssh_cidrs": DELETE, "common_firewall_enabled": value}) == []
+
+
+@pytest.mark.parametrize("value", [True, "true", "yes"])
+def test_ssh_open_acknowledged_warns_and_goes_on(value):
+    changes = {"common_firewall_ssh_cidrs": ["0.0.0.0/0", "::/0"], ACK: value}
+    assert problems(changes) == []
+    assert warnings(changes) == [
+        "common_firewall_ssh_cidrs: admits 0.0.0.0/0 and ::/0 to SSH (port 22): the whole Internet may try to log in"
+        + SSH_ACKNOWLEDGED]
+
+
+def test_ssh_open_acknowledged_by_the_role_value():
+    """-e or the role's vars: the acknowledgement in settings, not in hostvars."""
+    changes = {"common_firewall_ssh_cidrs": DELETE}
+    assert problems(changes, settings={"ssh_open_to_world_acknowledged": True}) == []
+    assert warnings(changes, settings={"ssh_open_to_world_acknowledged": True}) == [
+        "common_firewall_ssh_cidrs: not set, so the common role's default admits 0.0.0.0/0 and ::/0 to SSH (port 22): "
+        "the whole Internet may try to log in" + SSH_ACKNOWLEDGED]
+    # The inventory's false wins over the role's value.
+    assert len(problems(dict(changes, **{ACK: False}), settings={"ssh_open_to_world_acknowledged": True})) == 1
+
+
+def test_ssh_open_on_some_hosts_names_them():
+    found = problems(host_changes={"data1": {"common_firewall_ssh_cidrs": ["0.0.0.0/0"]}})
+    assert found == ["common_firewall_ssh_cidrs on host data1: admits 0.0.0.0/0 to SSH (port 22): the whole "
+                     "Internet may try to log in. " + SSH_FIX]
+    # Acknowledged on that host only: a warning naming it.
+    changes = {"data1": {"common_firewall_ssh_cidrs": ["0.0.0.0/0"], ACK: True}}
+    assert problems(host_changes=changes) == []
+    assert warnings(host_changes=changes) == [
+        "common_firewall_ssh_cidrs on host data1: admits 0.0.0.0/0 to SSH (port 22): the whole Internet may try to "
+        "log in" + SSH_ACKNOWLEDGED]
+
+
+def test_ssh_cidrs_that_are_no_list_or_no_networks_get_one_message():
+    """The address check reports them; the SSH check does not add a second message."""
+    assert [m.split(":", 1)[0] for m in problems({"common_firewall_ssh_cidrs": "0.0.0.0/0"})] == [
+        "common_firewall_ssh_cidrs"]
+    assert len(problems({"common_firewall_ssh_cidrs": ["0.0.0.0/0/0"]})) == 1
+
+
+def test_ssh_cidrs_that_cannot_be_templated_are_left_to_the_common_role():
+    class Raising(dict):
+        def __getitem__(self, key):
+            if key == "common_firewall_ssh_cidrs":
+                raise ValueError("undefined variable")
+            return dict.__getitem__(self, key)
+    hostvars = {"app1": Raising(_vars({}))}
+    assert p.preflight_problems(hostvars, ["app1"], {"matcraft_api": ["app1"]},
+                                dict(SETTINGS, groups=["matcraft_api"])) == []
+
+
+def test_the_removed_switch_of_the_old_warning_is_named():
+    assert warnings({"preflight_warn_ssh_open": False}) == [
+        "preflight_warn_ssh_open: was removed from matcraft.deploy, so it changes nothing: SSH open to the world now "
+        "stops the run unless preflight_ssh_open_to_world_acknowledged is true (then it warns). Fix: remove it."]
 
 
 @pytest.mark.parametrize("name", p.CIDR_LISTS)

@@ -44,25 +44,36 @@ CASES = [
                           "preflight_resources_strict": True}, "smaller than the medium tier's specification"),
 ]
 
-# The valid inventory keeps the common role's default for SSH (open to the world): a warning.
-SSH_WARNING = ("WARNING common_firewall_ssh_cidrs admits 0.0.0.0/0 and ::/0 to SSH (port 22) on every host: "
-               "narrow it to your admin networks in the inventory's group_vars/all/main.yml.")
+# SSH open to the whole Internet: the common role's default when the inventory leaves
+# common_firewall_ssh_cidrs unset, or written out. It stops the run unless acknowledged.
+SSH_ACK = "preflight_ssh_open_to_world_acknowledged"
+SSH_FIX = ("Fix: set it to your admin networks in the inventory's group_vars/all/main.yml, such as "
+           "[\"192.0.2.0/24\"]; to keep SSH open to the world on purpose, set "
+           "preflight_ssh_open_to_world_acknowledged: true.")
+SSH_DEFAULT_OPEN = ("common_firewall_ssh_cidrs: not set, so the common role's default admits 0.0.0.0/0 and ::/0 to "
+                    "SSH (port 22): the whole Internet may try to log in")
+SSH_WARNING = ("WARNING " + SSH_DEFAULT_OPEN + "; preflight_ssh_open_to_world_acknowledged is true, so the run goes "
+               "on. Fix: narrow it to your admin networks in the inventory's group_vars/all/main.yml.")
 # (case id, changes to the valid inventory, the exact list of messages of the failure,
 #  the exact warnings printed before it): checks of plugins/filter/preflight.py.
 EXACT_CASES = [
+    ("ssh-default-open-to-world", {"common_firewall_ssh_cidrs": DELETE}, [SSH_DEFAULT_OPEN + ". " + SSH_FIX], []),
+    ("ssh-open-to-world", {"common_firewall_ssh_cidrs": ["0.0.0.0/0", "::/0"]},
+     ["common_firewall_ssh_cidrs: admits 0.0.0.0/0 and ::/0 to SSH (port 22): the whole Internet may try to log in. "
+      + SSH_FIX], []),
     ("environment-empty", {"matcraft_environment": ""},
      ["matcraft_environment: is empty, and the internal CA's name is made from it. Fix: set it to a short lowercase "
       "name such as production or staging (letters, digits and -, at most 32, starting with a letter)."],
-     [SSH_WARNING]),
+     []),
     ("retention-zero", {"postgresql_pgbackrest_retention_full_days": 0},
      ["postgresql_pgbackrest_retention_full_days: 0 is out of range; it must be a whole number of days from 1 to "
-      "3650. Fix: set a value in that range, such as 7 (the default)."], [SSH_WARNING]),
+      "3650. Fix: set a value in that range, such as 7 (the default)."], []),
     ("archive-timeout-negative", {"postgresql_archive_timeout": -5},
      ["postgresql_archive_timeout: -5 is out of range; it must be a whole number of seconds from 1 to 86400. Fix: "
-      "set a value in that range, such as 60 (the default)."], [SSH_WARNING]),
+      "set a value in that range, such as 60 (the default)."], []),
     ("archive-timeout-not-a-number", {"postgresql_archive_timeout": "1 minute"},
      ["postgresql_archive_timeout: '1 minute' is not a whole number; it must be a whole number of seconds from 1 to "
-      "86400. Fix: write a plain number, such as 60 (the default)."], [SSH_WARNING]),
+      "86400. Fix: write a plain number, such as 60 (the default)."], []),
     ("ssh-cidr-invalid", {"common_firewall_ssh_cidrs": ["192.0.2.0/24", "10.0.0.0/33"]},
      ["common_firewall_ssh_cidrs: '10.0.0.0/33' is not an IPv4 or IPv6 network. Fix: write each entry as an address "
       "or network in CIDR form, such as 192.0.2.0/24 or 2001:db8::/32."], []),
@@ -70,12 +81,12 @@ EXACT_CASES = [
     ("redis-tls-only-typo", {"redis_tls_only": True, "redis_tls_enabeld": True},
      ["redis_tls_only: is true, but redis_tls_enabled is not: the only port (plain) would be closed. Fix: set "
       "redis_tls_enabled: true as well, or redis_tls_only: false."],
-     [SSH_WARNING, "WARNING redis_tls_enabeld: no role of matcraft.deploy reads this variable, so it changes "
+     ["WARNING redis_tls_enabeld: no role of matcraft.deploy reads this variable, so it changes "
       "nothing. Fix: did you mean redis_tls_enabled? Rename it."]),
     ("monitoring-tls-mismatch", {"matcraft_monitoring_tls": True, "exporters_tls": False},
      ["prometheus_scrape_tls: is True while exporters_tls is False and alertmanager_tls is True: Prometheus and the "
       "servers it scrapes would not agree on HTTPS. Fix: set matcraft_monitoring_tls once and remove "
-      "prometheus_scrape_tls, exporters_tls and alertmanager_tls."], [SSH_WARNING]),
+      "prometheus_scrape_tls, exporters_tls and alertmanager_tls."], []),
 ]
 
 
@@ -205,9 +216,8 @@ def test_one_message_per_mistake():
 def test_valid_inventory_passes():
     result = _probe_case({})
     assert result.returncode == 0, result.stdout[-3000:]
-    # The scenario keeps the common role's default for SSH: open to the world, which is
-    # worth a warning but not a stop; it is the only warning.
-    assert _warnings(result.stdout) == [SSH_WARNING], result.stdout[-3000:]
+    # SSH narrowed to the admin network: no warning at all.
+    assert _warnings(result.stdout) == [], result.stdout[-3000:]
     for name in HOSTS:
         marker = peer(name).file("/root/preflight-marker")
         assert marker.exists
@@ -235,9 +245,24 @@ def test_a_typo_warns_and_does_not_stop_the_run():
     try:
         assert result.returncode == 0, result.stdout[-3000:]
         assert _warnings(result.stdout) == [
-            SSH_WARNING,
             "WARNING matcraft_domian: no role of matcraft.deploy reads this variable, so it changes nothing. Fix: did "
             "you mean matcraft_domain? Rename it."], result.stdout[-3000:]
+    finally:
+        for name in HOSTS:
+            peer(name).run("rm -f /root/preflight-marker")
+
+
+def test_ssh_open_to_the_world_acknowledged_warns_and_does_not_stop_the_run():
+    """The inventory that is refused above (common_firewall_ssh_cidrs left to the common role's
+    default, open to the world) passes with the acknowledgement: one warning naming both
+    variables, and the run goes on to change the hosts."""
+    result = _probe_case({"common_firewall_ssh_cidrs": DELETE, SSH_ACK: True})
+    try:
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert _failure_messages(result.stdout) == [], result.stdout[-3000:]
+        assert _warnings(result.stdout) == [SSH_WARNING], result.stdout[-3000:]
+        for name in HOSTS:
+            assert peer(name).file("/root/preflight-marker").exists, "%s: the run did not go on" % name
     finally:
         for name in HOSTS:
             peer(name).run("rm -f /root/preflight-marker")
