@@ -1,6 +1,10 @@
 """The common baseline: packages, chrony, unattended upgrades, and a firewall
 that lets the allowed peer in and keeps the outsider out."""
 
+import json
+import os
+import subprocess
+
 from helpers import address_of, assert_unit_running, peer, wait_for
 
 
@@ -87,3 +91,67 @@ def test_firewall_from_peers():
         finally:
             if units:
                 target.run("systemctl stop" + " %s" * len(units), *units)
+
+
+def test_a_fragment_nft_rejects_is_never_written(tmp_path):
+    """A rule whose source nft refuses (a /33 prefix) fails the role's task, and leaves neither
+    its fragment nor a ruleset that fails to load: the next load and boot are unharmed."""
+    target = peer("common-target")
+    play = tmp_path / "bad-rule.yml"
+    play.write_text(json.dumps([{
+        "name": "Open a port to a source nft refuses", "hosts": "common-target", "gather_facts": False,
+        "tasks": [{"name": "Write the rule", "ansible.builtin.include_role": {
+            "name": "matcraft.deploy.common", "tasks_from": "firewall_rule.yml"},
+            "vars": {"common_firewall_rule_name": "badprefix", "common_firewall_rule_ports": [9002],
+                     "common_firewall_rule_from_cidrs": ["10.0.0.0/33"]}}]}]))
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"],
+                                                                 ".cache", "collections"))
+    run = subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(play)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode != 0, run.stdout[-3000:]
+    output = " ".join((run.stdout + run.stderr).split())
+    assert "failed to validate" in output and "Prefix length 33 is invalid" in output, output[-3000:]
+    assert not target.file("/etc/nftables.d/matcraft/50-badprefix.nft").exists
+    check = target.run("nft -c -f /etc/nftables.conf")
+    assert check.rc == 0, check.stderr
+    reload = target.run("systemctl reload-or-restart nftables && nft list chain inet matcraft input")
+    assert reload.rc == 0 and 'comment "probe"' in reload.stdout, reload.stdout + reload.stderr
+
+
+def test_a_custom_rule_taken_out_of_the_list_is_closed_again(tmp_path):
+    """common_firewall_rules_custom with a second rule opens its port; the next run without it
+    removes its fragment and closes the port (a removed rule does not stay open)."""
+    target, allowed = peer("common-target"), peer("common-allowed")
+    target_ip = address_of(target)
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"],
+                                                                 ".cache", "collections"))
+
+    def converge(rules):
+        play = tmp_path / "rules.yml"
+        play.write_text(json.dumps([{"name": "Gather the facts of every host (addresses)", "hosts": "all",
+                                     "tasks": []}, {
+            "name": "Apply the common role", "hosts": "common-target",
+            "tasks": [{"name": "Apply", "ansible.builtin.include_role": {"name": "matcraft.deploy.common"},
+                       "vars": {"common_firewall_ssh_cidrs": ["10.0.0.0/8"],
+                                "common_firewall_rules_custom": rules}}]}]))
+        run = subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(play)],
+                             capture_output=True, text=True, env=env, timeout=600)
+        assert run.returncode == 0, run.stdout[-3000:]
+
+    probe = {"name": "probe", "ports": [9000], "from_groups": ["fw_allowed"]}
+    extra = {"name": "extra", "ports": [9003], "from_groups": ["fw_allowed"]}
+    unit = None
+    try:
+        converge([probe, extra])
+        unit = start_listener(target, 9003, target_ip)
+        assert tcp_outcome(allowed, target_ip, 9003) == "open"
+        converge([probe])
+        assert not target.file("/etc/nftables.d/matcraft/50-extra.nft").exists
+        assert target.file("/etc/nftables.d/matcraft/50-probe.nft").exists
+        assert 'comment "extra"' not in target.run("nft list chain inet matcraft input").stdout
+        assert_listening(target, 9003, target_ip)
+        assert tcp_outcome(allowed, target_ip, 9003) == "dropped"
+    finally:
+        if unit:
+            target.run("systemctl stop %s", unit)
+        converge([probe])
