@@ -5,8 +5,9 @@
 
 preflight_problems   hostvars, play hosts, groups, settings -> one message per mistake
                      ("<variable>: <what is wrong>. Fix: <how>"), never a secret value
-preflight_warnings   hostvars, play hosts, settings -> warnings (SSH open to the world on
-                     purpose, unknown variables, typos, removed variables)
+preflight_warnings   hostvars, play hosts, settings, groups -> warnings (SSH open to the world
+                     or an unencrypted backup repository on purpose, unknown variables, typos,
+                     removed variables)
 preflight_known_variables  the variable names the collection's roles declare
 
 Every check reads only what the inventory sets (group_vars, host_vars, extra
@@ -23,9 +24,9 @@ import os
 import re
 
 try:
-    from ansible_collections.matcraft.deploy.plugins.filter.matcraft import fqdn_problem, origin_problem
+    from ansible_collections.matcraft.deploy.plugins.filter.matcraft import fqdn_problem, origin_problem, secret_problem
 except ImportError:  # unit tests: plugins/filter is on sys.path
-    from matcraft import fqdn_problem, origin_problem  # type: ignore[no-redef]
+    from matcraft import fqdn_problem, origin_problem, secret_problem  # type: ignore[no-redef]
 
 try:
     from jinja2 import Undefined
@@ -52,8 +53,8 @@ MATCRAFT_INPUTS = (
     "matcraft_db_monitoring_password", "matcraft_db_password", "matcraft_db_replication_password",
     "matcraft_domain", "matcraft_edge_access_log", "matcraft_environment",
     "matcraft_grafana_admin_password", "matcraft_grafana_enabled", "matcraft_monitoring_tls",
-    "matcraft_monitoring_web_password", "matcraft_pki_ca_passphrase", "matcraft_pki_ca_passphrase_previous",
-    "matcraft_private_address",
+    "matcraft_monitoring_web_password", "matcraft_pgbackrest_cipher_pass", "matcraft_pki_ca_passphrase",
+    "matcraft_pki_ca_passphrase_previous", "matcraft_private_address",
     "matcraft_redis_exporter_password", "matcraft_redis_password", "matcraft_secret_key",
     "matcraft_sentry_dsn", "matcraft_tier", "matcraft_tls_mode", "matcraft_version",
 )
@@ -677,6 +678,11 @@ DEFAULT_SETTINGS = {
     # defaults) and the preflight role's default of the acknowledgement.
     "ssh_cidrs_default": ["0.0.0.0/0", "::/0"],
     "ssh_open_to_world_acknowledged": False,
+    # The preflight role's preflight_backup_unencrypted_acknowledged, preflight_check_secrets
+    # and preflight_secret_min_bytes.
+    "backup_unencrypted_acknowledged": False,
+    "check_secrets": True,
+    "secret_min_bytes": 32,
 }
 
 
@@ -821,13 +827,110 @@ def _ssh_messages(hostvars, hosts, settings, acknowledged):
     return found
 
 
+# --- Backups off the database host are encrypted ------------------------------------------
+BACKUP_ACKNOWLEDGEMENT = "preflight_backup_unencrypted_acknowledged"
+CIPHER_SECRET = "matcraft_pgbackrest_cipher_pass"
+CIPHER_VARIABLE = "postgresql_pgbackrest_cipher_pass"
+ENCRYPT_SWITCH = "postgresql_pgbackrest_encrypt"
+# Repository types of the postgresql role that keep the backups off the database host.
+OFF_HOST_REPOSITORIES = {"host": "on the backup host (over SSH)", "s3": "in the S3 object store"}
+_CIPHER_RUNBOOK = "docs/runbooks/backup-restore.md"
+
+
+def backup_encryption(variables, settings=None, backup_host=False):
+    """The encryption of the pgBackRest repository of one database host (backup_host:
+    one backup host, whose repository is off the database host whatever its
+    postgresql_pgbackrest_repo_type says). None when nothing is wrong, else
+    (message, acknowledged).
+
+    The passphrase is postgresql_pgbackrest_cipher_pass when the inventory sets it,
+    else matcraft_pgbackrest_cipher_pass (the vault secret the role's default takes).
+    A repository off the database host (repo type host or s3) is encrypted unless
+    postgresql_pgbackrest_encrypt is false; one that would not be (no passphrase, or the
+    switch off) is a mistake, or a warning when preflight_backup_unencrypted_acknowledged
+    (of the host, or settings["backup_unencrypted_acknowledged"]) is true. A passphrase
+    that is set must be as strong as every secret (settings["check_secrets"],
+    settings["secret_min_bytes"]). A local (posix) repository needs nothing, but one
+    the inventory gave a passphrase of its own (encrypted before the switch existed)
+    must say postgresql_pgbackrest_encrypt: true, or it would lose its cipher."""
+    config = dict(DEFAULT_SETTINGS)
+    config.update(settings or {})
+    repo_type = "host" if backup_host else _get(variables, "postgresql_pgbackrest_repo_type", "posix")
+    own = _get(variables, CIPHER_VARIABLE)
+    if own is not MISSING:
+        name, passphrase = CIPHER_VARIABLE, own
+    else:
+        name, passphrase = CIPHER_SECRET, _get(variables, CIPHER_SECRET, "")
+    passphrase = "" if passphrase is None else passphrase
+    if passphrase and _truthy(config["check_secrets"]):
+        why = secret_problem(passphrase, int(config["secret_min_bytes"]))
+        if why:
+            return ("%s: %s. Fix: generate it with the other secrets (ansible-playbook matcraft.deploy.secrets, "
+                    "docs/secrets.md) and keep it in the vault file of this environment only; a repository "
+                    "encrypted with the old one needs a new repository path or bucket (%s)."
+                    % (name, why, _CIPHER_RUNBOOK), False)
+    switch = _get(variables, ENCRYPT_SWITCH)
+    off_host = repo_type in OFF_HOST_REPOSITORIES
+    wanted = off_host if switch is MISSING else _truthy(switch)
+    if not off_host:
+        if not wanted and own not in (MISSING, None, "") and switch is MISSING:
+            return ("%s: is set for the local (posix) repository, which the postgresql role encrypts only when "
+                    "%s is true (repositories off the database host are encrypted by default, local ones are "
+                    "not). Fix: set %s: true to keep encrypting this repository with the same passphrase, or "
+                    "remove %s." % (CIPHER_VARIABLE, ENCRYPT_SWITCH, ENCRYPT_SWITCH, CIPHER_VARIABLE), False)
+        if not wanted or passphrase:
+            return None
+    elif wanted and passphrase:
+        return None
+    where = OFF_HOST_REPOSITORIES.get(repo_type, "on the database host")
+    acknowledged = _truthy(_get(variables, BACKUP_ACKNOWLEDGEMENT, config["backup_unencrypted_acknowledged"]))
+    if not wanted:
+        what = ("%s: is false, so the pgBackRest repository %s (postgresql_pgbackrest_repo_type %s) holds the "
+                "database's backups and WAL unencrypted" % (ENCRYPT_SWITCH, where, repo_type))
+        fix = ("remove %s (off the database host, encryption is the default), set %s for a new repository path "
+               "or bucket and take a full backup there (%s)" % (ENCRYPT_SWITCH, CIPHER_SECRET, _CIPHER_RUNBOOK))
+    else:
+        what = ("%s: not set, so the pgBackRest repository %s (postgresql_pgbackrest_repo_type %s) would hold the "
+                "database's backups and WAL unencrypted" % (CIPHER_SECRET, where, repo_type))
+        fix = ("generate it with the other secrets (ansible-playbook matcraft.deploy.secrets, docs/secrets.md) "
+               "or add 48 random letters and digits to the vault file as %s; an existing unencrypted repository "
+               "moves to a new repository path or bucket first (%s)" % (CIPHER_SECRET, _CIPHER_RUNBOOK))
+    if acknowledged:
+        message = "%s; %s is true, so the run goes on. Fix: %s." % (what, BACKUP_ACKNOWLEDGEMENT, fix)
+    else:
+        message = ("%s. Fix: %s. To keep an existing unencrypted repository on purpose, set %s: false and %s: true."
+                   % (what, fix, ENCRYPT_SWITCH, BACKUP_ACKNOWLEDGEMENT))
+    return message, acknowledged
+
+
+def _in_group(host, groups, group):
+    return isinstance(group, str) and host in ((groups or {}).get(group) or [])
+
+
+def _backup_messages(hostvars, hosts, groups, settings, acknowledged):
+    """The backup encryption messages per host (database and backup hosts only, as
+    their postgresql_primary_group, _replica_group and _backup_group say): the
+    refused ones, or the acknowledged ones."""
+    found = {}
+    for host in hosts:
+        variables = hostvars[host]
+        backup_host = _in_group(host, groups, _get(variables, "postgresql_backup_group", "matcraft_backup"))
+        database = any(_in_group(host, groups, _get(variables, name, default)) for name, default in (
+            ("postgresql_primary_group", "matcraft_database"),
+            ("postgresql_replica_group", "matcraft_database_replica")))
+        result = backup_encryption(variables, settings, backup_host) if backup_host or database else None
+        found[host] = [result[0]] if result and result[1] == acknowledged else []
+    return found
+
+
 def preflight_problems(hostvars, hosts, groups, settings=None):
     """Every mistake of the inventory: one message per mistake, in a stable order.
 
     hostvars: the hostvars (or a dict host -> variables); hosts: the hosts to check
     (the play's); groups: inventory groups; settings: the preflight role's
     tiers, group_min_hosts_by_tier, groups, check_domain, tls_modes,
-    ssh_cidrs_default, ssh_open_to_world_acknowledged.
+    ssh_cidrs_default, ssh_open_to_world_acknowledged, backup_unencrypted_acknowledged,
+    check_secrets, secret_min_bytes.
     """
     config = dict(DEFAULT_SETTINGS)
     config.update(settings or {})
@@ -836,7 +939,9 @@ def preflight_problems(hostvars, hosts, groups, settings=None):
         return []
     problems = _global_problems(hostvars[hosts[0]], groups or {}, config)
     ssh = _ssh_messages(hostvars, hosts, config, acknowledged=False)
-    problems += _merge_per_host({host: host_variable_problems(hostvars[host]) + ssh[host] for host in hosts})
+    backup = _backup_messages(hostvars, hosts, groups, config, acknowledged=False)
+    problems += _merge_per_host({host: host_variable_problems(hostvars[host]) + ssh[host] + backup[host]
+                                 for host in hosts})
     return problems
 
 
@@ -896,9 +1001,10 @@ REMOVED_VARIABLES = {
 }
 
 
-def preflight_warnings(hostvars, hosts, known=None, settings=None):
-    """Warnings (the run goes on): SSH open to the world with the acknowledgement
-    (settings as for preflight_problems); variables of the inventory that look like
+def preflight_warnings(hostvars, hosts, known=None, settings=None, groups=None):
+    """Warnings (the run goes on): SSH open to the world and, given the inventory's
+    groups, a backup repository off the database host left unencrypted, with their
+    acknowledgements (settings as for preflight_problems); variables of the inventory that look like
     the collection's (matcraft_ or a role's prefix) but that no role declares."""
     known = list(known) if known is not None else preflight_known_variables()
     # Without the roles' specs (a partial copy of the collection) every name would look unknown.
@@ -912,6 +1018,8 @@ def preflight_warnings(hostvars, hosts, known=None, settings=None):
     config = dict(DEFAULT_SETTINGS)
     config.update(settings or {})
     warnings = _merge_per_host(_ssh_messages(hostvars, hosts, config, acknowledged=True)) if hosts else []
+    if hosts and groups is not None:
+        warnings += _merge_per_host(_backup_messages(hostvars, hosts, groups, config, acknowledged=True))
     if hosts and _get(hostvars[hosts[0]], "matcraft_environment") is MISSING:
         warnings.append("matcraft_environment: not set, so the internal CA is named for 'production'. Fix: set it "
                         "in group_vars/all to this environment's short lowercase name, such as production or "

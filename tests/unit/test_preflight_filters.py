@@ -58,7 +58,8 @@ def warnings(changes=None, host_changes=None, settings=None):
     hostvars = {host: _vars(changes or {}) for host in ("app1", "data1")}
     for host, more in (host_changes or {}).items():
         hostvars[host].update(more)
-    return p.preflight_warnings(hostvars, ["app1", "data1"], settings=dict(SETTINGS, **(settings or {})))
+    return p.preflight_warnings(hostvars, ["app1", "data1"], settings=dict(SETTINGS, **(settings or {})),
+                                groups=GROUPS)
 
 
 def test_valid_inventory_has_no_problem_and_no_warning():
@@ -699,6 +700,140 @@ def test_helpers():
     assert p.redis_size_bytes("512MB") == 512 * 1024 ** 2
     assert p.network_problem("") == "is empty"
     assert p.address_problem("::") .startswith("is the wildcard")
+
+
+# --- Backups off the database host are encrypted -------------------------------------------------
+CIPHER = "Xq7vR2mK9pT4sW8nB3cF6hJ1dL5gZ0yAe4Nb7Mc2Pk9Ru3Vw"  # 48 letters and digits: a fixture
+BACKUP_ACK = "preflight_backup_unencrypted_acknowledged"
+BACKUP_FIX = ("Fix: generate it with the other secrets (ansible-playbook matcraft.deploy.secrets, docs/secrets.md) "
+              "or add 48 random letters and digits to the vault file as matcraft_pgbackrest_cipher_pass; an existing "
+              "unencrypted repository moves to a new repository path or bucket first "
+              "(docs/runbooks/backup-restore.md)")
+BACKUP_KEEP = (" To keep an existing unencrypted repository on purpose, set postgresql_pgbackrest_encrypt: false and "
+               "preflight_backup_unencrypted_acknowledged: true.")
+
+
+def _missing(where, repo_type, host="data1"):
+    return ("matcraft_pgbackrest_cipher_pass on host %s: not set, so the pgBackRest repository %s "
+            "(postgresql_pgbackrest_repo_type %s) would hold the database's backups and WAL unencrypted"
+            % (host, where, repo_type))
+
+
+def test_backup_host_repository_without_a_passphrase_stops_the_run():
+    assert problems({"postgresql_pgbackrest_repo_type": "host"}) == [
+        _missing("on the backup host (over SSH)", "host") + ". " + BACKUP_FIX + "." + BACKUP_KEEP]
+    assert warnings({"postgresql_pgbackrest_repo_type": "host"}) == []
+
+
+def test_s3_repository_without_a_passphrase_stops_the_run():
+    for empty in (DELETE, "", None):
+        assert problems({"postgresql_pgbackrest_repo_type": "s3", "matcraft_pgbackrest_cipher_pass": empty}) == [
+            _missing("in the S3 object store", "s3") + ". " + BACKUP_FIX + "." + BACKUP_KEEP]
+
+
+def test_off_host_repository_with_a_passphrase_passes():
+    for repo_type in ("host", "s3"):
+        changes = {"postgresql_pgbackrest_repo_type": repo_type, "matcraft_pgbackrest_cipher_pass": CIPHER}
+        assert problems(changes) == [] and warnings(changes) == []
+        # The role's own variable instead of the vault secret.
+        changes = {"postgresql_pgbackrest_repo_type": repo_type, "postgresql_pgbackrest_cipher_pass": CIPHER}
+        assert problems(changes) == [] and warnings(changes) == []
+    assert p.backup_encryption({"postgresql_pgbackrest_repo_type": "s3",
+                                "matcraft_pgbackrest_cipher_pass": CIPHER}) is None
+
+
+def test_local_repository_needs_no_passphrase():
+    for changes in ({}, {"postgresql_pgbackrest_repo_type": "posix"},
+                    {"postgresql_pgbackrest_repo_type": "posix", "matcraft_pgbackrest_cipher_pass": CIPHER},
+                    {"postgresql_pgbackrest_repo_type": "posix", "postgresql_pgbackrest_encrypt": False}):
+        assert problems(changes) == [] and warnings(changes) == [], changes
+    assert p.backup_encryption({}) is None
+
+
+def test_only_database_and_backup_hosts_are_checked():
+    # app1 is in no database group: no message for it, whatever group_vars/all says.
+    assert p._backup_messages({"app1": {"postgresql_pgbackrest_repo_type": "s3"}}, ["app1"], GROUPS, {}, False) == {
+        "app1": []}
+    # A backup host's repository is off the database host whatever its repo type says.
+    groups = dict(GROUPS, matcraft_backup=["backup1"])
+    found = p._backup_messages({"backup1": {}}, ["backup1"], groups, {}, False)
+    assert found["backup1"][0].startswith("matcraft_pgbackrest_cipher_pass: not set, so the pgBackRest repository "
+                                          "on the backup host (over SSH) (postgresql_pgbackrest_repo_type host)")
+    # A primary group of another name (postgresql_primary_group) is a database group.
+    found = p._backup_messages({"db2": {"postgresql_primary_group": "other_db",
+                                        "postgresql_pgbackrest_repo_type": "s3"}},
+                               ["db2"], {"other_db": ["db2"]}, {}, False)
+    assert len(found["db2"]) == 1
+
+
+@pytest.mark.parametrize("value", [True, "true", "yes"])
+def test_unencrypted_off_host_repository_acknowledged_warns_and_goes_on(value):
+    changes = {"postgresql_pgbackrest_repo_type": "host", BACKUP_ACK: value}
+    assert problems(changes) == []
+    assert warnings(changes) == [
+        _missing("on the backup host (over SSH)", "host") + "; preflight_backup_unencrypted_acknowledged is true, so "
+        "the run goes on. " + BACKUP_FIX + "."]
+    # The role's value (-e) too; the inventory's false wins over it.
+    changes = {"postgresql_pgbackrest_repo_type": "s3"}
+    assert problems(changes, settings={"backup_unencrypted_acknowledged": True}) == []
+    assert len(warnings(changes, settings={"backup_unencrypted_acknowledged": True})) == 1
+    assert len(problems(dict(changes, **{BACKUP_ACK: False}), settings={"backup_unencrypted_acknowledged": True})) == 1
+
+
+def test_encryption_switched_off_off_the_host_stops_the_run_unless_acknowledged():
+    changes = {"postgresql_pgbackrest_repo_type": "s3", "matcraft_pgbackrest_cipher_pass": CIPHER,
+               "postgresql_pgbackrest_encrypt": False}
+    what = ("postgresql_pgbackrest_encrypt on host data1: is false, so the pgBackRest repository in the S3 object "
+            "store (postgresql_pgbackrest_repo_type s3) holds the database's backups and WAL unencrypted")
+    fix = ("Fix: remove postgresql_pgbackrest_encrypt (off the database host, encryption is the default), set "
+           "matcraft_pgbackrest_cipher_pass for a new repository path or bucket and take a full backup there "
+           "(docs/runbooks/backup-restore.md).")
+    assert problems(changes) == [what + ". " + fix + BACKUP_KEEP]
+    changes[BACKUP_ACK] = True
+    assert problems(changes) == []
+    assert warnings(changes) == [what + "; preflight_backup_unencrypted_acknowledged is true, so the run goes on. "
+                                 + fix]
+
+
+@pytest.mark.parametrize("value,why", [
+    ("s3cr3tP4ss", "has 10 characters; at least 32 are needed"),
+    ("changeme-changeme-changeme-changeme", "looks like a placeholder"),
+    ("ab" * 24, "carries at most"),
+])
+def test_weak_passphrase_is_refused_even_when_acknowledged(value, why):
+    for name in ("matcraft_pgbackrest_cipher_pass", "postgresql_pgbackrest_cipher_pass"):
+        for repo_type in ("host", "s3", "posix"):
+            changes = {"postgresql_pgbackrest_repo_type": repo_type, name: value, BACKUP_ACK: True,
+                       "postgresql_pgbackrest_encrypt": True}
+            found = problems(changes)
+            assert len(found) == 1 and found[0].startswith("%s on host data1: %s" % (name, why)), found
+            assert value not in found[0] and "docs/runbooks/backup-restore.md" in found[0]
+    # Not checked when the secrets are not (preflight_check_secrets: false).
+    assert problems({"postgresql_pgbackrest_repo_type": "s3", "matcraft_pgbackrest_cipher_pass": value},
+                    settings={"check_secrets": False}) == []
+
+
+def test_a_local_repository_encrypted_by_the_inventory_keeps_its_cipher():
+    """Before postgresql_pgbackrest_encrypt, a passphrase set for a posix repository encrypted it;
+    the switch must say so now, or the role would drop the cipher of that repository."""
+    changes = {"postgresql_pgbackrest_cipher_pass": CIPHER}
+    assert problems(changes) == [
+        "postgresql_pgbackrest_cipher_pass on host data1: is set for the local (posix) repository, which the "
+        "postgresql role encrypts only when postgresql_pgbackrest_encrypt is true (repositories off the database "
+        "host are encrypted by default, local ones are not). Fix: set postgresql_pgbackrest_encrypt: true to keep "
+        "encrypting this repository with the same passphrase, or remove postgresql_pgbackrest_cipher_pass."]
+    assert problems(dict(changes, postgresql_pgbackrest_encrypt=True)) == []
+    assert problems(dict(changes, postgresql_pgbackrest_encrypt=False)) == []
+    # Encryption asked for a local repository without a passphrase.
+    found = problems({"postgresql_pgbackrest_encrypt": True})
+    assert len(found) == 1 and found[0].startswith("matcraft_pgbackrest_cipher_pass on host data1: not set"), found
+
+
+def test_the_passphrase_joins_the_duplicate_check():
+    template = open(os.path.join(ROOT, "roles", "preflight", "templates", "secret_problems.j2")).read()
+    assert "'matcraft_pgbackrest_cipher_pass': matcraft_pgbackrest_cipher_pass | default('')" in template
+    assert "matcraft_pgbackrest_cipher_pass" in p.MATCRAFT_INPUTS
+    assert PREFLIGHT_DEFAULTS[BACKUP_ACK] is False
 
 
 # --- The example inventories pass -------------------------------------------------------------------

@@ -5,10 +5,16 @@ a pki certificate on br-backup). Backups and WAL reach each repository, none
 stay on the database hosts, and both restore through playbooks/restore.yml:
 point in time from the backup host, the latest state from the object store.
 
+Both repositories are encrypted (aes-256-cbc, the scenario's
+matcraft_pgbackrest_cipher_pass): a marker row written before a backup is in
+no file of either repository, every file there is ciphertext, and the
+restores return the row.
+
 Tests run in file order: the restore tests build on each other."""
 
 import json
 import os
+import secrets
 import subprocess
 import tempfile
 import time
@@ -22,6 +28,11 @@ PLAYBOOKS = os.path.join(PROJECT, "playbooks")
 STANZA = "matcraft"
 LOCAL_REPO = "/var/lib/pgbackrest"
 BUCKET = "matcraft-backups"
+# Markers of the encryption tests: random text written into a table before a backup,
+# looked for in the repositories (never there) and in the restored databases (there).
+MARKERS = {name: "matcraft-cipher-probe-%s-%s" % (name, secrets.token_hex(16)) for name in ("br-db", "br-db-s3")}
+# What pgBackRest's aes-256-cbc files start with (OpenSSL's salted format).
+CIPHER_MAGIC = b"Salted__"
 
 
 def sql(name, query, database="matcraft"):
@@ -81,6 +92,58 @@ def s3_keys(prefix):
     return got.stdout.split()
 
 
+def s3_objects_scan(prefix, marker):
+    """Every object of the test bucket under prefix, read on the object store itself:
+    [count, keys that contain marker, keys that do not start with the cipher magic]."""
+    script = ("import boto3, json; s3 = boto3.client('s3', endpoint_url='http://127.0.0.1:5000', "
+              "region_name='us-east-1', aws_access_key_id='fixture', aws_secret_access_key='fixture'); "
+              "p = s3.get_paginator('list_objects_v2'); keys = [o['Key'] for page in p.paginate(Bucket='%s', "
+              "Prefix='%s') for o in page.get('Contents', [])]; found, plain = [], []\n"
+              "for k in keys:\n"
+              "    body = s3.get_object(Bucket='%s', Key=k)['Body'].read()\n"
+              "    found += [k] if %r in body else []\n"
+              "    plain += [k] if not body.startswith(%r) else []\n"
+              "print(json.dumps([len(keys), found, plain]))"
+              % (BUCKET, prefix, BUCKET, marker.encode(), CIPHER_MAGIC))
+    got = peer("br-backup").run("/opt/moto/bin/python -c %s", script)
+    assert got.rc == 0, got.stderr
+    return json.loads(got.stdout)
+
+
+def files_scan(name, path, marker):
+    """Every regular file under path on a host: [count, files that contain marker,
+    files that do not start with the cipher magic]."""
+    script = ("import json, os, sys; found, plain, count = [], [], 0\n"
+              "for root, _, files in os.walk(sys.argv[1]):\n"
+              "    for f in files:\n"
+              "        p = os.path.join(root, f); count += 1\n"
+              "        data = open(p, 'rb').read()\n"
+              "        found += [p] if sys.argv[2].encode() in data else []\n"
+              "        plain += [p] if not data.startswith(%r) else []\n"
+              "print(json.dumps([count, found, plain]))" % CIPHER_MAGIC)
+    got = peer(name).run("python3 -c %s %s %s", script, path, marker)
+    assert got.rc == 0, got.stderr
+    return json.loads(got.stdout)
+
+
+def write_marker_and_back_up(db, repo_host, repo_user):
+    """The marker row in a table of db, then a full backup without compression (so that
+    only the cipher can hide the row) and its WAL archived. The marker is in clear in
+    db's own data directory: the searches of the repository below are meaningful."""
+    marker = MARKERS[db]
+    sql(db, "DROP TABLE IF EXISTS cipher_probe; CREATE TABLE cipher_probe (label text NOT NULL); "
+            "INSERT INTO cipher_probe VALUES ('%s')" % marker)
+    sql(db, "CHECKPOINT", "postgres")
+    clear = peer(db).run("grep -r -a -l -F %s /var/lib/postgresql/15/main", marker)
+    assert clear.rc == 0 and clear.stdout.strip(), "the marker is not in %s's data directory: %s" % (db, clear.stderr)
+    backups_before = len(info(repo_host, repo_user)["backup"])
+    run = pgbackrest(repo_host, repo_user, "--type=full", "--compress-type=none", "backup")
+    assert run.rc == 0, run.stdout + run.stderr
+    assert len(info(repo_host, repo_user)["backup"]) == backups_before + 1
+    switch_and_wait_archived(db)
+    return marker
+
+
 def assert_no_local_repository(name):
     repo = peer(name).file(LOCAL_REPO)
     if repo.exists:
@@ -103,9 +166,17 @@ def test_backup_host_holds_the_repository_and_a_full_backup():
     assert "pg1-host=%s\n" % address_of(peer("br-db")) in content, content
     assert "pg1-path=/var/lib/postgresql/15/main\n" in content
     assert "repo1-retention-full-type=time\n" in content and "repo1-retention-full=7\n" in content
-    # The database host points at the backup host and holds no repository.
+    # Encrypted with the scenario's passphrase, which is in this 0640 file only.
+    assert "repo1-cipher-type=aes-256-cbc\n" in content, content
+    passphrase = [line for line in content.splitlines() if line.startswith("repo1-cipher-pass=")]
+    assert len(passphrase) == 1 and len(passphrase[0]) > len("repo1-cipher-pass=") + 32
+    assert passphrase[0].split("=", 1)[1] not in backup.check_output("ps -eo args")
+    assert backup.file("/etc/pgbackrest").mode == 0o750
+    # The database host points at the backup host and holds no repository (nor the passphrase:
+    # the backup host encrypts).
     db_conf = peer("br-db").file("/etc/pgbackrest/pgbackrest.conf").content_string
     assert "repo1-host=%s\n" % address_of(backup) in db_conf, db_conf
+    assert "cipher" not in db_conf, db_conf
     assert_no_local_repository("br-db")
 
 
@@ -153,6 +224,21 @@ def test_wal_archiving_reaches_the_backup_host():
     assert_no_local_repository("br-db")
 
 
+def test_backup_host_repository_is_encrypted():
+    """A marker row backed up (uncompressed) and archived: no file of the backup host's
+    repository holds it, and every file there is aes-256-cbc ciphertext."""
+    marker = write_marker_and_back_up("br-db", "br-backup", "pgbackrest")
+    plain = peer("br-backup").run("grep -r -a -l -F %s %s", marker, LOCAL_REPO)
+    assert plain.rc == 1, "the marker is in clear in the repository (rc %d): %s %s" % (
+        plain.rc, plain.stdout, plain.stderr)
+    count, found, clear = files_scan("br-backup", LOCAL_REPO, marker)
+    assert count > 10 and found == [], (count, found)
+    assert clear == [], "files of the repository that are not encrypted: %s" % clear
+    # pgBackRest still reads it: the new backup is there, the archive is continuous.
+    check = pgbackrest("br-backup", "pgbackrest", "check")
+    assert check.rc == 0, check.stdout + check.stderr
+
+
 def test_point_in_time_restore_from_the_backup_host():
     sql("br-db", "DROP TABLE IF EXISTS pitr_probe; CREATE TABLE pitr_probe (id serial PRIMARY KEY, label text NOT NULL)")
     backups_before = len(info("br-backup", "pgbackrest")["backup"])
@@ -173,6 +259,8 @@ def test_point_in_time_restore_from_the_backup_host():
     assert sql("br-db", "SELECT count(*) FILTER (WHERE label = 'marker') || '|' || "
                         "count(*) FILTER (WHERE label = 'later') FROM pitr_probe") == "5|0"
     assert sql("br-db", "SELECT pg_is_in_recovery()", "postgres") == "f"
+    # The marker row, backed up encrypted before, is restored from the encrypted repository.
+    assert sql("br-db", "SELECT label FROM cipher_probe") == MARKERS["br-db"]
     # The restored primary keeps archiving to the backup host on its new timeline.
     sql("br-db", "INSERT INTO pitr_probe (label) VALUES ('after-restore')")
     switch_and_wait_archived("br-db")
@@ -188,6 +276,11 @@ def test_object_store_holds_a_full_backup_and_the_archive():
     content = db.check_output("cat /etc/pgbackrest/pgbackrest.conf")
     assert "repo1-type=s3\n" in content and "repo1-s3-uri-style=path\n" in content
     assert "repo1-storage-verify-tls=y\n" in content, content
+    assert "repo1-cipher-type=aes-256-cbc\n" in content, content
+    passphrase = [line for line in content.splitlines() if line.startswith("repo1-cipher-pass=")]
+    assert len(passphrase) == 1 and len(passphrase[0]) > len("repo1-cipher-pass=") + 32
+    assert passphrase[0].split("=", 1)[1] not in db.check_output("ps -eo args")
+    assert db.file("/etc/pgbackrest").mode == 0o750 and db.file("/etc/pgbackrest").group == "postgres"
     # The secret is in the 0640 file only, never on a command line.
     secret = [line for line in content.splitlines() if line.startswith("repo1-s3-key-secret=")]
     assert len(secret) == 1 and len(secret[0]) > len("repo1-s3-key-secret=")
@@ -218,6 +311,17 @@ def test_object_store_certificate_is_verified():
     assert "certificate" in (refused.stdout + refused.stderr).lower(), refused.stdout + refused.stderr
 
 
+def test_object_store_repository_is_encrypted():
+    """A marker row backed up (uncompressed) and archived: no object of the bucket holds
+    it, and every object is aes-256-cbc ciphertext."""
+    marker = write_marker_and_back_up("br-db-s3", "br-db-s3", "postgres")
+    count, found, clear = s3_objects_scan("matcraft/", marker)
+    assert count > 10 and found == [], (count, found)
+    assert clear == [], "objects of the bucket that are not encrypted: %s" % clear
+    check = pgbackrest("br-db-s3", "postgres", "check")
+    assert check.rc == 0, check.stdout + check.stderr
+
+
 def test_restore_latest_from_the_object_store_after_losing_the_data():
     sql("br-db-s3", "DROP TABLE IF EXISTS loss_probe; CREATE TABLE loss_probe (id serial PRIMARY KEY); "
                     "INSERT INTO loss_probe SELECT FROM generate_series(1, 4)")
@@ -235,6 +339,8 @@ def test_restore_latest_from_the_object_store_after_losing_the_data():
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert "from backup set unknown" not in run.stdout, run.stdout[-3000:]
     assert sql("br-db-s3", "SELECT count(*) FROM loss_probe") == "4"
+    # The marker row, backed up encrypted before, is restored from the encrypted bucket.
+    assert sql("br-db-s3", "SELECT label FROM cipher_probe") == MARKERS["br-db-s3"]
     assert sql("br-db-s3", "SELECT pg_is_in_recovery()", "postgres") == "f"
     sql("br-db-s3", "INSERT INTO loss_probe DEFAULT VALUES")
     switch_and_wait_archived("br-db-s3")

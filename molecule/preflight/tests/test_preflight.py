@@ -42,6 +42,8 @@ CASES = [
     ("os-unsupported", {"preflight_supported_os": {"Ubuntu": ["24"]}}, "runs Debian 12, which is not supported"),
     ("resources-strict", {"matcraft_tier": "medium", "preflight_group_min_hosts_by_tier": {"medium": {}},
                           "preflight_resources_strict": True}, "smaller than the medium tier's specification"),
+    ("backup-cipher-shared", {"matcraft_pgbackrest_cipher_pass": GOOD["matcraft_db_password"]},
+     "matcraft_db_password, matcraft_pgbackrest_cipher_pass: share one value"),
 ]
 
 # SSH open to the whole Internet: the common role's default when the inventory leaves
@@ -54,6 +56,23 @@ SSH_DEFAULT_OPEN = ("common_firewall_ssh_cidrs: not set, so the common role's de
                     "SSH (port 22): the whole Internet may try to log in")
 SSH_WARNING = ("WARNING " + SSH_DEFAULT_OPEN + "; preflight_ssh_open_to_world_acknowledged is true, so the run goes "
                "on. Fix: narrow it to your admin networks in the inventory's group_vars/all/main.yml.")
+# A backup repository off the database host (repo type host or s3) without the cipher
+# passphrase: refused on the database host, unless acknowledged (then a warning).
+BACKUP_ACK = "preflight_backup_unencrypted_acknowledged"
+BACKUP_FIX = ("Fix: generate it with the other secrets (ansible-playbook matcraft.deploy.secrets, docs/secrets.md) "
+              "or add 48 random letters and digits to the vault file as matcraft_pgbackrest_cipher_pass; an existing "
+              "unencrypted repository moves to a new repository path or bucket first "
+              "(docs/runbooks/backup-restore.md)")
+BACKUP_KEEP = (" To keep an existing unencrypted repository on purpose, set postgresql_pgbackrest_encrypt: false and "
+               "preflight_backup_unencrypted_acknowledged: true.")
+
+
+def _backup_unencrypted(where, repo_type):
+    return ("matcraft_pgbackrest_cipher_pass on host preflight-data: not set, so the pgBackRest repository %s "
+            "(postgresql_pgbackrest_repo_type %s) would hold the database's backups and WAL unencrypted"
+            % (where, repo_type))
+
+
 # (case id, changes to the valid inventory, the exact list of messages of the failure,
 #  the exact warnings printed before it): checks of plugins/filter/preflight.py.
 EXACT_CASES = [
@@ -83,6 +102,15 @@ EXACT_CASES = [
       "redis_tls_enabled: true as well, or redis_tls_only: false."],
      ["WARNING redis_tls_enabeld: no role of matcraft.deploy reads this variable, so it changes "
       "nothing. Fix: did you mean redis_tls_enabled? Rename it."]),
+    ("backup-host-unencrypted", {"postgresql_pgbackrest_repo_type": "host"},
+     [_backup_unencrypted("on the backup host (over SSH)", "host") + ". " + BACKUP_FIX + "." + BACKUP_KEEP], []),
+    ("backup-s3-unencrypted", {"postgresql_pgbackrest_repo_type": "s3"},
+     [_backup_unencrypted("in the S3 object store", "s3") + ". " + BACKUP_FIX + "." + BACKUP_KEEP], []),
+    ("backup-cipher-weak", {"postgresql_pgbackrest_repo_type": "s3", "matcraft_pgbackrest_cipher_pass": "s3cr3tP4ss"},
+     ["matcraft_pgbackrest_cipher_pass on host preflight-data: has 10 characters; at least 32 are needed. Fix: "
+      "generate it with the other secrets (ansible-playbook matcraft.deploy.secrets, docs/secrets.md) and keep it in "
+      "the vault file of this environment only; a repository encrypted with the old one needs a new repository "
+      "path or bucket (docs/runbooks/backup-restore.md)."], []),
     ("monitoring-tls-mismatch", {"matcraft_monitoring_tls": True, "exporters_tls": False},
      ["prometheus_scrape_tls: is True while exporters_tls is False and alertmanager_tls is True: Prometheus and the "
       "servers it scrapes would not agree on HTTPS. Fix: set matcraft_monitoring_tls once and remove "
@@ -263,6 +291,34 @@ def test_ssh_open_to_the_world_acknowledged_warns_and_does_not_stop_the_run():
         assert _warnings(result.stdout) == [SSH_WARNING], result.stdout[-3000:]
         for name in HOSTS:
             assert peer(name).file("/root/preflight-marker").exists, "%s: the run did not go on" % name
+    finally:
+        for name in HOSTS:
+            peer(name).run("rm -f /root/preflight-marker")
+
+
+def test_unencrypted_backups_acknowledged_warn_and_do_not_stop_the_run():
+    """The s3 inventory refused above passes with the acknowledgement (an existing unencrypted
+    repository kept on purpose): one warning naming the passphrase and the acknowledgement, and
+    the run goes on; with the passphrase set there is no warning at all."""
+    result = _probe_case({"postgresql_pgbackrest_repo_type": "s3", BACKUP_ACK: True})
+    try:
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert _failure_messages(result.stdout) == [], result.stdout[-3000:]
+        assert _warnings(result.stdout) == [
+            "WARNING " + _backup_unencrypted("in the S3 object store", "s3")
+            + "; preflight_backup_unencrypted_acknowledged is true, so the run goes on. " + BACKUP_FIX + "."], \
+            result.stdout[-3000:]
+        for name in HOSTS:
+            assert peer(name).file("/root/preflight-marker").exists, "%s: the run did not go on" % name
+    finally:
+        for name in HOSTS:
+            peer(name).run("rm -f /root/preflight-marker")
+    passphrase = "Rk4mW9pZt2Lx7QvB3nYc8HsJ5dGf1aUe6Ko0Ti3Nw7Pb2Mq9"  # a fixture for this test only
+    result = _probe_case({"postgresql_pgbackrest_repo_type": "s3", "matcraft_pgbackrest_cipher_pass": passphrase})
+    try:
+        assert result.returncode == 0, result.stdout[-3000:]
+        assert _warnings(result.stdout) == [], result.stdout[-3000:]
+        assert passphrase not in result.stdout + result.stderr, "the passphrase was printed"
     finally:
         for name in HOSTS:
             peer(name).run("rm -f /root/preflight-marker")
