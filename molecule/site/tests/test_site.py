@@ -496,10 +496,12 @@ def test_a_killed_worker_s_job_is_alerted_reported_and_runs_again_after_the_boun
              60)
 
 
-def test_every_grafana_panel_query_returns_data_from_the_real_services(host, tmp_path):
+def test_grafana_datasource_and_every_panel_query_work_against_the_real_prometheus(host, tmp_path):
     """The grafana role's provisioning, rendered to a scratch directory on the monitoring host
-    (tasks_from: provisioning.yml, as where the package is missing), and every query of every
-    panel of the MatCraft dashboard run against this deployment's Prometheus."""
+    (tasks_from: provisioning.yml, as where the package is missing): the datasource, used with
+    its own URL, basic auth and CA (as Grafana would use it), answers from this deployment's
+    Prometheus over verified HTTPS, every panel points at it, and every query of every panel of
+    the MatCraft dashboard, sent through it, returns data."""
     play = tmp_path / "render-grafana.yml"
     play.write_text(json.dumps([{
         "name": "Render the Grafana provisioning to a scratch directory", "hosts": "matcraft_monitoring",
@@ -513,25 +515,70 @@ def test_every_grafana_panel_query_returns_data_from_the_real_services(host, tmp
     assert run.returncode == 0, run.stdout[-6000:]
     for secret in SECRETS.values():
         assert secret not in run.stdout
+    rendered = host.file("/var/tmp/site-grafana/provisioning/datasources/matcraft.yml")
+    assert (rendered.user, rendered.mode) == ("root", 0o640), "the datasource file holds a password"
+    datasource = yaml.safe_load(rendered.content_string)["datasources"][0]
+    assert datasource["type"] == "prometheus" and datasource["url"] == "https://%s:9090" % address_of(host)
+    assert datasource["basicAuth"] is True and datasource["jsonData"]["tlsAuthWithCACert"] is True
+    assert datasource["secureJsonData"]["tlsCACert"] == host.file("/etc/matcraft/pki/ca.crt").content_string
+    ca_file = "/var/tmp/site-grafana/datasource-ca.pem"
+    assert host.run("printf '%%s' %s > %s", datasource["secureJsonData"]["tlsCACert"], ca_file).rc == 0
+    login = "%s:%s" % (datasource["basicAuthUser"], datasource["secureJsonData"]["basicAuthPassword"])
+
+    def through_datasource(expr, ca=ca_file):
+        """The query as Grafana sends it (httpMethod POST, basic auth, the datasource's CA)."""
+        answer = host.run("curl -sS --max-time 15 --cacert %s -u %s --data-urlencode %s %s", ca, login,
+                          "query=" + expr, datasource["url"] + "/api/v1/query")
+        if answer.rc != 0:
+            return answer.rc, answer.stderr
+        body = json.loads(answer.stdout)
+        assert body["status"] == "success", (expr, body)
+        return 0, body["data"]["result"]
+
+    status, result = through_datasource("vector(1)")
+    assert status == 0 and result[0]["value"][1] == "1", result
     dashboard = json.loads(host.file("/var/tmp/site-grafana/dashboards/matcraft-overview.json").content_string)
     grafana_variables = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m"}
-    queries = [(panel["title"], target["expr"]) for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    queries = []
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
+        for target in panel.get("targets", []):
+            assert target["datasource"]["uid"] == datasource["uid"], panel["title"]
+            queries.append((panel["title"], target["expr"]))
     assert len(queries) >= 12, queries
     empty = []
     for title, expr in queries:
         for name, value in grafana_variables.items():
             expr = expr.replace(name, value)
+        assert not re.search(r"\$\w+", expr), "unexpanded Grafana variable in %s" % expr
         try:
-            wait_for("data for " + title, lambda e=expr: query(host, e), 60, 5)
+            wait_for("data for " + title, lambda e=expr: (lambda r: r[0] == 0 and r[1])(through_datasource(e)), 60, 5)
         except BaseException:
-            empty.append((title, expr))
+            empty.append((title, expr, through_datasource(expr)))
     assert not empty, "panels without data: %r" % empty
 
 
-def test_grafana_package_part():
-    pytest.skip("NOT RUN: Grafana (matcraft_grafana_enabled: false here): its APT repository is not "
-                "reachable from this machine; the monitoring scenario checks its provisioning and "
-                "runs every dashboard query against a live Prometheus")
+GRAFANA_PACKAGE = os.environ.get("MATCRAFT_TEST_GRAFANA_DEB", "") or (
+    "Grafana's APT repository" if os.environ.get("MATCRAFT_TEST_GRAFANA_REPOSITORY") == "1" else "")
+
+
+def test_grafana_package_part(host):
+    """Grafana installed and running, from the package the testbed points at (zz_molecule.yml):
+    its login, its provisioned datasource answering through Grafana and its dashboard."""
+    if not GRAFANA_PACKAGE:
+        pytest.skip("NOT RUN: the Grafana package part of matcraft.deploy.grafana (install, grafana-server, "
+                    "admin password): neither MATCRAFT_TEST_GRAFANA_DEB (a Grafana .deb) nor "
+                    "MATCRAFT_TEST_GRAFANA_REPOSITORY=1 is set, as Grafana's APT repository is not reachable "
+                    "from this machine. Its provisioning (datasource with URL, login and CA, every dashboard "
+                    "query) is checked against the real Prometheus by the test above.")
+    assert_unit_running(host, "grafana-server")
+    base = "http://%s:3000" % address_of(host)
+    wait_for("Grafana health", lambda: host.run("curl -sf --max-time 5 %s/api/health", base).rc == 0, 60, 2)
+    for path in ("/api/user", "/api/datasources/uid/matcraft-prometheus", "/api/dashboards/uid/matcraft-overview",
+                 "/api/datasources/uid/matcraft-prometheus/health"):
+        result = host.run("curl -sS --max-time 10 -o /dev/null -w '%%{http_code}' -u %s %s",
+                          "admin:" + SECRETS["matcraft_grafana_admin_password"], base + path)
+        assert result.stdout == "200", "%s: %s %s" % (path, result.stdout, result.stderr)
 
 
 # --------------------------------------------------------------------------- certificate modes
