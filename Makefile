@@ -13,13 +13,10 @@ SCENARIOS ?= site app backup_repos edge postgresql replica redis common prefligh
 # Scenarios left out of `make test` to keep it within CI's time budget (the
 # reason is printed); `make scenarios-all` or `make molecule SCENARIO=name`
 # runs them.
-#   medium:     seven hosts, three upgrades under request streams, a replica
-#               cut off from its primary: 20 minutes by itself, 33 beside
-#               site; with it, `make test` takes about an hour on 2 CPUs.
-#   monitoring: exporters, Prometheus and Alertmanager in front of stand-ins of
-#               the services; `site` runs its alert, target and dashboard-query
-#               checks against the real services.
-SCENARIOS_EXTRA ?= medium monitoring
+#   medium: seven hosts, three upgrades under request streams, a replica
+#           cut off from its primary: 20 minutes by itself, 33 beside site;
+#           with it, `make test` takes about an hour on 2 CPUs.
+SCENARIOS_EXTRA ?= medium
 SCENARIO_JOBS ?= 2
 SCENARIO ?=
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.cache/collections

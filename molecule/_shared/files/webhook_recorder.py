@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Test webhook receiver: appends the JSON body of every POST, one per line, to a file.
 
-The monitoring scenario's tests start it (systemd-run, bounded by
+The site scenario's tests start it (systemd-run, bounded by
 RuntimeMaxSec) on the monitoring host, where Alertmanager's receiver
 `test-webhook` posts to it. Standard library only.
 """

@@ -1,5 +1,4 @@
-"""The monitoring checks that the monitoring scenario makes against stand-ins, here against the
-real services of the small tier (this file runs before test_site.py, on the deployed hosts):
+"""Monitoring checks against the real services of the small tier (this file runs before test_site.py, on the deployed hosts):
 exporters on the private address only, exporter credentials in root-only files and never on a
 command line, the least-privilege monitoring role, the monitoring host's firewall, and
 Alertmanager's inhibition rules at work on live alerts."""

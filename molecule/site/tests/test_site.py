@@ -445,6 +445,43 @@ def test_monitoring_is_served_over_tls(host):
     assert amtool.rc == 0 and amtool.stdout.startswith("["), (amtool.stdout[:300], amtool.stderr)
 
 
+def test_prometheus_and_alertmanager_settings_and_label_contract(host):
+    """Prometheus and Alertmanager as the prometheus and alertmanager roles set them: logins kept
+    as bcrypt hashes in root:prometheus 0640 files (never the password), the UIs and APIs on the
+    private address only, Alertmanager without a cluster (gossip) port, its receiver the test
+    webhook, and every target labelled with its host's role (the rules' label contract)."""
+    password = SECRETS["matcraft_monitoring_web_password"]
+    for path in ("/etc/prometheus/web.yml", "/etc/prometheus/alertmanager-web.yml",
+                 "/etc/prometheus/alertmanager.yml"):
+        config = host.file(path)
+        assert (config.user, config.group, config.mode) == ("root", "prometheus", 0o640), path
+        assert password not in config.content_string, path
+    assert "$2b$" in host.file("/etc/prometheus/web.yml").content_string
+    url = "https://%s:9090/api/v1/status/buildinfo" % address_of(host)
+    anonymous = host.run("curl -sS --max-time 10 --cacert /etc/matcraft/pki/ca.crt -o /dev/null -w '%%{http_code}' %s",
+                         url)
+    assert anonymous.stdout == "401", anonymous.stdout + anonymous.stderr
+    listening = [line.split()[3] for proto in ("-Htln", "-Huln")
+                 for line in host.run("ss %s", proto).stdout.splitlines() if line.strip()]
+    for port in ("9090", "9093"):
+        assert [a for a in listening if a.endswith(":" + port)] == ["%s:%s" % (address_of(host), port)], listening
+    assert not [a for a in listening if a.endswith(":9094")], listening
+    amconfig = json.loads(host.run(
+        "curl -sS --max-time 10 --cacert /etc/matcraft/pki/ca.crt -u %s https://%s:9093/api/v2/status",
+        "matcraft:" + password, address_of(host)).stdout)
+    receivers = yaml.safe_load(amconfig["config"]["original"])["receivers"]
+    assert [r["webhook_configs"][0]["url"] for r in receivers if r.get("webhook_configs")] == [
+        "http://127.0.0.1:9999/alerts"], receivers
+    roles = {"site-api1": "api", "site-worker1": "worker", "site-worker2": "worker", "site-db1": "database",
+             "site-redis1": "redis", "site-monitor1": "monitoring", DOMAIN: "edge"}
+    active = prometheus(host, "/api/v1/targets", state="active")["data"]["activeTargets"]
+    wrong = [(t["labels"].get("job"), t["labels"].get("matcraft_host"), t["labels"].get("matcraft_role"))
+             for t in active if roles.get(t["labels"].get("matcraft_host")) != t["labels"].get("matcraft_role")]
+    assert active and not wrong, wrong
+    expiry = query(host, 'probe_ssl_earliest_cert_expiry{job="public_health"} - time()')
+    assert expiry and float(expiry[0]["value"][1]) > 14 * 86400, expiry
+
+
 def test_every_target_is_up_and_the_alerts_are_loaded(host):
     def targets_up():
         active = prometheus(host, "/api/v1/targets", state="active")["data"]["activeTargets"]
