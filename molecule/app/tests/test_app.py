@@ -165,6 +165,32 @@ def test_migrations_ran_once_on_the_designated_host():
 # --------------------------------------------------------------------------- network and health
 
 
+def test_manage_commands_run_in_the_services_sandbox():
+    """matcraft-manage (migrations and operators' commands) runs its command as the service user
+    in the sandbox of the API and worker units: no privileges to gain, no capabilities, the
+    system-service syscall set, only IP and Unix sockets, a read-only system."""
+    probe = "\n".join([
+        "import os, socket",
+        "status = dict(line.split(':', 1) for line in open('/proc/self/status'))",
+        "print('|'.join(status[k].strip() for k in ('NoNewPrivs', 'Seccomp', 'CapBnd', 'CapEff')))",
+        "try:",
+        "    socket.socket(socket.AF_NETLINK, socket.SOCK_RAW)",
+        "    print('netlink')",
+        "except OSError:",
+        "    print('no-netlink')",
+        "try:",
+        "    open('/etc/matcraft/probe', 'w')",
+        "    print('wrote-etc')",
+        "except OSError:",
+        "    print('read-only-etc')",
+        "print(os.getuid() != 0)",
+    ])
+    run = peer("app-api1").run("matcraft-manage python -c %s", probe)
+    assert run.rc == 0, run.stderr
+    assert run.stdout.split() == ["1|2|0000000000000000|0000000000000000", "no-netlink", "read-only-etc", "True"], \
+        run.stdout
+
+
 def test_the_access_log_keeps_no_query_string(host):
     """A token in a query string does not reach the API's access log (uvicorn's access lines
     pass through a filter in the gunicorn settings); the path does."""

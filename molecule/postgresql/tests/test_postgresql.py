@@ -140,6 +140,31 @@ def test_pgbackrest_has_a_full_backup_and_a_daily_timer():
     assert metric.exists and 'matcraft_backup_last_success_timestamp_seconds{type="full"}' in metric.content_string
 
 
+def test_the_backup_unit_runs_in_the_services_sandbox():
+    """An incremental backup through the installed unit succeeds inside the sandbox of the MatCraft
+    services (no capabilities, the system-service syscall set, no namespaces, kernel settings
+    read-only...), and PostgreSQL keeps serving after the unit has stopped (no RemoveIPC=)."""
+    host = db()
+    checks = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "PrivateDevices": "yes", "CapabilityBoundingSet": "",
+              "AmbientCapabilities": "", "ProtectKernelTunables": "yes", "ProtectKernelModules": "yes",
+              "ProtectKernelLogs": "yes", "ProtectControlGroups": "yes", "ProtectClock": "yes",
+              "ProtectHostname": "yes", "RestrictNamespaces": "yes", "RestrictRealtime": "yes",
+              "RestrictSUIDSGID": "yes", "LockPersonality": "yes", "RemoveIPC": "no",
+              "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX", "SystemCallArchitectures": "native"}
+    props = host.run("systemctl show matcraft-pgbackrest@incr.service -p %s", ",".join(checks) + ",SystemCallFilter")
+    values = dict(line.split("=", 1) for line in props.stdout.splitlines())
+    for key, want in checks.items():
+        assert values[key] == want, (key, values[key])
+    assert "openat" in values["SystemCallFilter"] and "reboot" not in values["SystemCallFilter"].split()
+    before = json.loads(host.check_output("runuser -u postgres -- pgbackrest --stanza=matcraft --output=json info"))
+    run = host.run("systemctl start matcraft-pgbackrest@incr.service")
+    assert run.rc == 0, run.stderr + host.run("journalctl -u matcraft-pgbackrest@incr.service -n 30 --no-pager").stdout
+    assert host.run("systemctl show matcraft-pgbackrest@incr.service -p Result").stdout.strip() == "Result=success"
+    after = json.loads(host.check_output("runuser -u postgres -- pgbackrest --stanza=matcraft --output=json info"))
+    assert len(after[0]["backup"]) == len(before[0]["backup"]) + 1 and after[0]["backup"][-1]["type"] == "incr"
+    assert host.run("runuser -u postgres -- psql -Atc 'SELECT 1'").stdout.strip() == "1"
+
+
 def test_restore_refuses_without_confirmation():
     started = sql("SELECT pg_postmaster_start_time()", "postgres")
     before = timeline()
