@@ -13,6 +13,8 @@ import os
 import subprocess
 import time
 
+import yaml
+
 from helpers import address_of, assert_unit_running, curl_json, journal, peer, probe_tcp, wait_for
 
 testinfra_hosts = ["app-redis"]
@@ -21,6 +23,7 @@ API_HOSTS = ("app-api1", "app-api2")
 WORKER_HOSTS = ("app-worker1", "app-worker2")
 WORKER_UNITS = ("matcraft-worker@default", "matcraft-worker@gpu")
 SCENARIO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCENARIO_VARS = yaml.safe_load(open(os.path.join(SCENARIO_DIR, "group_vars", "all.yml")))
 _ADDRESSES = {}
 
 
@@ -77,7 +80,8 @@ def test_release_layout_and_environment_file():
         assert "Qv7%2FLm%403Kp%3A9Zx%25Rt5%23Wn2%3FHy8%26Bc4Jd@" in content
         assert "sslmode=verify-full&sslrootcert=/etc/matcraft/pki/ca.crt" in content
         # TLS to Redis, because the Redis host offers it.
-        assert 'REDIS_URL="rediss://matcraft:Rk7%2FXw%409%3ALp%252Qz4Tn8Vb3Hm6Jd1Fs0Gc@' + ip("app-redis") + ':6380/0"' in content
+        assert ('REDIS_URL="rediss://matcraft:Rk7%2FXw%409%3ALp%252Qz4Tn8Vb3Hm6Jd1Fs0Gc@' + ip("app-redis")
+                + ':6380/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/matcraft/pki/ca.crt&ssl_check_hostname=true"') in content
         assert 'MATCRAFT_ENV="production"' in content and 'CORS_ORIGINS="https://matcraft.example.org"' in content
         user = node.user("matcraft")
         assert user.shell == "/usr/sbin/nologin" and user.group == "matcraft"
@@ -331,6 +335,99 @@ def test_queued_jobs_survive_a_sigkill_of_redis(host):
         assert done["state"] == "done" and done["attempts"] == 1, done
     for name in WORKER_HOSTS:
         wait_for("sidecar of %s healthy after the Redis restart" % name,
+                 lambda: http(host, "GET", sidecar(name))[0] == 200, 90, 2)
+
+
+# Each Redis client of the application, built from the service environment as the services
+# build it: redis-py (sync and asyncio, as the API uses it), and the Celery app of the workers
+# and the health sidecar (kombu's broker connection, the redis result backend).
+REDIS_CLIENTS_PROBE = "\n".join([
+    "import asyncio, os",
+    "import redis, redis.asyncio",
+    "from materia.tasks import app",
+    "url = os.environ['REDIS_URL']",
+    "def outcome(check):",
+    "    try:",
+    "        check()",
+    "        return 'accepted'",
+    "    except Exception as exc:",
+    "        text = ' '.join(repr(e) for e in (exc, exc.__cause__, exc.__context__))",
+    "        return 'refused-certificate' if 'certificate verify failed' in text.lower() else 'error:' + text[:300]",
+    "print('redis-py', outcome(lambda: redis.Redis.from_url(url, socket_timeout=5).ping()))",
+    "print('redis-asyncio', outcome(lambda: asyncio.run(redis.asyncio.Redis.from_url(url, socket_timeout=5).ping())))",
+    "print('celery-broker', outcome(lambda: app.connection_for_write().ensure_connection(max_retries=1, timeout=5)))",
+    "print('celery-backend', outcome(lambda: app.backend.client.ping()))",
+])
+REDIS_CLIENTS = ("redis-py", "redis-asyncio", "celery-broker", "celery-backend")
+
+
+def redis_clients_outcome(name):
+    run = peer(name).run("matcraft-manage python -c %s", REDIS_CLIENTS_PROBE)
+    assert run.rc == 0, run.stdout + run.stderr
+    return dict(line.split(" ", 1) for line in run.stdout.splitlines() if line.split(" ", 1)[0] in REDIS_CLIENTS)
+
+
+def test_every_redis_client_refuses_a_server_it_should_not_trust(host, tmp_path):
+    """A Redis answering on the broker's address (app-redis:6380, where the real one was stopped)
+    with a certificate of another CA, then with one of the internal CA for another name: every
+    client of the API and worker hosts refuses it for its certificate, while each accepts the
+    real server before and after. The impostor accepts any password, so only the certificate
+    check can refuse it."""
+    redis = peer("app-redis")
+    address = ip("app-redis")
+    for name in ("app-api1", "app-worker1"):
+        assert redis_clients_outcome(name) == {client: "accepted" for client in REDIS_CLIENTS}, name
+    scratch = "/var/tmp/rogue-redis"
+    other_ca = ("mkdir -p {d} && cd {d} && "
+                "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=rogue-ca "
+                "-keyout other-ca.key -out other-ca.crt 2>/dev/null && "
+                "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=app-redis "
+                "-keyout rogue.key -out rogue.csr 2>/dev/null && "
+                "printf 'subjectAltName=IP:%s,DNS:app-redis\\n' > san.ext && "
+                "openssl x509 -req -in rogue.csr -CA other-ca.crt -CAkey other-ca.key -CAcreateserial -days 1 "
+                "-extfile san.ext -out other-ca-rogue.crt 2>/dev/null && chmod 0644 rogue.key").format(d=scratch)
+    made = redis.run(other_ca, address)
+    assert made.rc == 0, made.stderr
+    # The same key, certified by the internal CA itself, for an address that is not the broker's.
+    csr = tmp_path / "rogue.csr"
+    csr.write_text(redis.file(scratch + "/rogue.csr").content_string)
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:203.0.113.7,DNS:not-redis.test\n")
+    ca_dir = os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "pki")
+    signed = subprocess.run(
+        ["openssl", "x509", "-req", "-in", str(csr), "-CA", os.path.join(ca_dir, "ca.crt"),
+         "-CAkey", os.path.join(ca_dir, "ca.key"), "-passin", "env:ROGUE_TEST_CA_PASSPHRASE", "-CAcreateserial",
+         "-CAserial", str(tmp_path / "ca.srl"), "-days", "1", "-extfile", str(tmp_path / "san.ext")],
+        capture_output=True, text=True, env=dict(os.environ, ROGUE_TEST_CA_PASSPHRASE=SCENARIO_VARS["pki_ca_passphrase"]))
+    assert signed.returncode == 0, signed.stderr
+    assert redis.run("printf '%%s' %s > %s/wrong-name-rogue.crt", signed.stdout, scratch).rc == 0
+    stop = redis.run("systemctl stop redis-server")
+    assert stop.rc == 0, stop.stderr
+    try:
+        for certificate in ("other-ca-rogue.crt", "wrong-name-rogue.crt"):
+            # Any user, any password: only the clients' certificate check stands in the way.
+            start = redis.run(
+                "systemd-run --unit=rogue-redis --property=RuntimeMaxSec=120 /usr/bin/redis-server --port 0 "
+                "--tls-port 6380 --bind %s --tls-cert-file %s/%s --tls-key-file %s/rogue.key "
+                "--tls-ca-cert-file %s/other-ca.crt --tls-auth-clients no --save '' --appendonly no "
+                "--user matcraft on nopass '~*' '&*' '+@all'",
+                address, scratch, certificate, scratch, scratch)
+            assert start.rc == 0, start.stderr
+            try:
+                wait_for("the impostor listening on %s:6380" % address, lambda: probe_tcp(redis, address, 6380), 30, 0.5)
+                for name in ("app-api1", "app-worker1"):
+                    outcome = redis_clients_outcome(name)
+                    assert outcome == {client: "refused-certificate" for client in REDIS_CLIENTS}, \
+                        (certificate, name, outcome)
+            finally:
+                redis.run("systemctl stop rogue-redis")
+    finally:
+        start = redis.run("systemctl start redis-server")
+        assert start.rc == 0, start.stderr
+        redis.run("rm -rf %s", scratch)
+    wait_for("the real Redis accepted again", lambda: redis_clients_outcome("app-worker1") == {
+        client: "accepted" for client in REDIS_CLIENTS}, 60, 2)
+    for name in WORKER_HOSTS:
+        wait_for("sidecar of %s healthy with the real Redis back" % name,
                  lambda: http(host, "GET", sidecar(name))[0] == 200, 90, 2)
 
 
