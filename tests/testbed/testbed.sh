@@ -27,6 +27,7 @@
 #   TESTBED_REBUILD       1 to rebuild images even if up to date
 set -euo pipefail
 
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 IMAGE_REPO=${TESTBED_IMAGE_REPO:-matcraft-testbed/debian}
 SUITES=${TESTBED_SUITES:-bookworm trixie}
 EXTRA_CA_DIR=${TESTBED_EXTRA_CA_DIR-/usr/local/share/ca-certificates}
@@ -34,7 +35,7 @@ APT_CACHE=${TESTBED_APT_CACHE:-1}
 STATE_DIR=${TESTBED_STATE_DIR:-/var/lib/matcraft-testbed}
 PACKAGES=systemd,systemd-sysv,dbus,python3,python3-apt,sudo,iproute2,procps,ca-certificates,curl,gnupg,openssh-server
 # Bump when the image recipe changes: part of the image fingerprint.
-RECIPE_VERSION=4
+RECIPE_VERSION=5
 
 log() { printf '[testbed] %s\n' "$*" >&2; }
 die() { printf '[testbed] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -154,6 +155,7 @@ fingerprint() {
     echo "recipe=$RECIPE_VERSION suite=$suite packages=$PACKAGES cache=$APT_CACHE"
     sed -n '/^# --- image recipe ---$/,/^# --- end recipe ---$/p' "$0"
     for f in $(ca_files); do sha256sum "$f"; done
+    sha256sum <"$HERE/ansiballz_pycache.py"
   } | sha256sum | cut -c1-16
 }
 
@@ -216,6 +218,10 @@ PROXY
   printf 'PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin no\nUseDNS no\n' |
     as_root tee "$root/etc/ssh/sshd_config.d/testbed.conf" >/dev/null
   as_root sed -i 's/^session\s\+required\s\+pam_loginuid.so/session optional pam_loginuid.so/' "$root/etc/pam.d/sshd"
+  # Ansible's modules compiled once per host, not at every run (about a third
+  # of a module run's CPU; tests/testbed/ansiballz_pycache.py says how).
+  as_root install -m 0644 "$HERE/ansiballz_pycache.py" "$root/usr/lib/python3/dist-packages/testbed_ansiballz_pycache.py"
+  echo 'import testbed_ansiballz_pycache' | as_root tee "$root/usr/lib/python3/dist-packages/testbed-ansiballz-pycache.pth" >/dev/null
   # No consoles in a container; keep the boot quiet and fast.
   as_root chroot "$root" systemctl mask getty.target console-getty.service systemd-firstboot.service \
     systemd-udevd.service systemd-modules-load.service sys-kernel-debug.mount >/dev/null 2>&1 || true  # a unit a suite lacks needs no mask
