@@ -129,7 +129,7 @@ INTEGERS.update({
     "nginx_upstream_max_fails": (0, 1000, "failures (0: never marked down)", 3),
     "nginx_upstream_keepalive": (1, 10000, "connections", 32),
     "nginx_proxy_next_upstream_tries": (0, 100, "tries (0: no limit)", 2),
-    "nginx_client_max_body_size_mb": (1, 102400, "MiB", 100),
+    "nginx_client_max_body_size_mb": (1, 102400, "MiB", 1),
     "nginx_rate_limit_burst": (0, 1000000, "requests", 40),
     "nginx_conn_limit_per_ip": (1, 1000000, "connections", 100),
     "nginx_rate_limit_retry_after": (1, 3600, "seconds", 1),
@@ -224,7 +224,7 @@ CIDR_LISTS = (
     "common_firewall_ssh_cidrs", "redis_firewall_from_cidrs", "api_firewall_from_cidrs",
     "worker_health_firewall_from_cidrs", "exporters_scrape_cidrs", "grafana_allowed_cidrs",
     "prometheus_web_allowed_cidrs", "alertmanager_allowed_cidrs", "nginx_rate_limit_trusted_cidrs",
-    "nginx_firewall_cidrs", "nginx_real_ip_from",
+    "nginx_firewall_cidrs", "nginx_real_ip_from", "nginx_admin_allowed_cidrs",
 )
 # Single addresses a host listens on (set per host when the inventory overrides them).
 ADDRESSES = (

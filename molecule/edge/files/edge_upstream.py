@@ -5,6 +5,9 @@ Standard library only. Speaks HTTP/1.1 with keep-alive, optionally over TLS:
 
   GET  /health                      200 {"status": "ok", "host": ...}
   GET  /v1/...                      200 JSON: host, path, query and the request headers it got
+  GET  /docs, /redoc, /openapi.json, /metrics (and under them)
+                                    200 JSON: host, path and headers, like the API's
+                                    docs and metrics the edge keeps off the public side
   POST /v1/echo                     200 JSON: the JSON body back
   POST /v1/datasets...              200 JSON: size and content type of the (multipart) body
   OPTIONS /v1/...                   CORS preflight: allowed only for --allowed-origin
@@ -32,6 +35,8 @@ WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 HOST = socket.gethostname()
 SUBSCRIBERS = {}
 SUBSCRIBERS_LOCK = threading.Lock()
+# The API's docs, schema and metrics (first path segment): the edge keeps them off the public side.
+ADMIN_PATHS = {"docs", "redoc", "openapi.json", "metrics"}
 
 
 def ws_frame(payload, opcode=0x1):
@@ -92,7 +97,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._json(200, {"status": "ok", "host": HOST})
         if url.path.startswith("/ws/"):
             return self._websocket(url.path)
-        if url.path.startswith("/v1/"):
+        if url.path.startswith("/v1/") or url.path.split("/")[1] in ADMIN_PATHS:
             return self._json(200, {
                 "host": HOST, "path": url.path, "query": parse_qs(url.query),
                 "headers": {k.lower(): v for k, v in self.headers.items()},
