@@ -1,20 +1,20 @@
 #!/usr/bin/env python3
 """App-tier benchmark: job round-trip latency and API requests per second.
 
-It runs against the Molecule scenario "app" (two API hosts, two worker hosts,
+It runs against the Molecule scenario "medium" (two API hosts, two worker hosts,
 PostgreSQL and Redis, the contract application deployed by the collection's
-roles), from the scenario's client host app-redis:
+roles), from the scenario's client host medium-redis:
 
-  make setup && .venv/bin/molecule converge -s app
+  make setup && .venv/bin/molecule converge -s medium
   .venv/bin/python benchmarks/app_bench.py [--jobs 100] [--duration 20] [--connections 16] [--output FILE]
-  .venv/bin/molecule destroy -s app
+  .venv/bin/molecule destroy -s medium
 
 1. Job round trip: --jobs jobs of 0 s are posted one after another to
-   app-api1 (POST /v1/jobs); each is polled (GET /v1/jobs/ID every 10 ms)
+   medium-api1 (POST /v1/jobs); each is polled (GET /v1/jobs/ID every 10 ms)
    until its state is "done". The round trip is post -> result read back,
    through the API, Redis, a Celery worker and PostgreSQL. p50 / p95 / max.
 2. API requests per second on one host: wrk with --connections keep-alive
-   connections for --duration seconds against app-api1:8000, on GET /health
+   connections for --duration seconds against medium-api1:8000, on GET /health
    (one database round trip per request) and GET /v1/campaigns (a query that
    returns JSON rows). Median of --rounds runs; p95 latency from wrk.
 
@@ -30,7 +30,7 @@ import sys
 
 from benchlib import address, prepare_wrk, sh, wrk
 
-CLIENT, API = "app-redis", "app-api1"
+CLIENT, API = "medium-redis", "medium-api1"
 # Runs inside the client container (python3 of the image, no extra packages).
 ROUND_TRIP = r"""
 import json, sys, time, urllib.request

@@ -1,6 +1,6 @@
 """The medium tier: replica, and zero-downtime upgrades through the edge.
 
-The tests' client is medium-edge: it sends HTTPS requests to its own nginx
+Runs after test_app.py (the application tier at release 1.0.0). The tests' client is medium-edge: it sends HTTPS requests to its own nginx
 (https://matcraft.test at 127.0.0.1, certificate of the internal CA) and may
 reach the API hosts on their port 8000 (the firewall lets the edge in).
 Tests run in file order: 1.0.1 is rolled out, then a broken 1.0.2 stops at the
@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime
+from urllib.parse import quote
 
 import yaml
 
@@ -29,7 +30,10 @@ SCENARIO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROJECT_DIR = os.path.dirname(os.path.dirname(SCENARIO_DIR))
 EPHEMERAL = os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "")
 WHEEL_DIR = os.path.join(EPHEMERAL, "wheels")
+SCENARIO_VARS = yaml.safe_load(open(os.path.join(SCENARIO_DIR, "group_vars", "all.yml")))
 _ADDRESSES = {}
+# The modification times of each host's release records after the rollout of 1.0.1.
+_RELEASE_BUILT = {}
 
 
 def ip(name):
@@ -103,15 +107,24 @@ def build_release(version, broken=False):
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert os.path.exists(wheel), os.listdir(WHEEL_DIR)
+    # The air-gapped worker's wheelhouse of this release: the dependencies of 1.0.0's
+    # (converge.yml built it on a host like the targets) and the new wheel.
+    first = os.path.join(EPHEMERAL, "wheelhouse-1.0.0")
+    wheelhouse = os.path.join(EPHEMERAL, "wheelhouse-%s" % version)
+    os.makedirs(wheelhouse, exist_ok=True)
+    for name in os.listdir(first):
+        if not name.startswith("matcraft_contract-"):
+            shutil.copy2(os.path.join(first, name), wheelhouse)
+    shutil.copy2(wheel, wheelhouse)
     return wheel
 
 
-def upgrade(version, expect_success=True):
+def upgrade(version, *extra, expect_success=True):
     """Run matcraft.deploy.upgrade with the scenario's inventory; return its output."""
     inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
     env = os.environ.copy()
     env.setdefault("ANSIBLE_COLLECTIONS_PATH", os.path.join(PROJECT_DIR, ".cache", "collections"))
-    cmd = ["ansible-playbook", "-i", inventory, "matcraft.deploy.upgrade", "-e", "app_version=%s" % version]
+    cmd = ["ansible-playbook", "-i", inventory, "matcraft.deploy.upgrade", "-e", "app_version=%s" % version] + list(extra)
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=2400)
     output = run.stdout + run.stderr
     if expect_success:
@@ -185,6 +198,17 @@ def test_rows_written_on_the_primary_are_read_on_the_replica(host):
     assert refused.rc != 0 and "read-only transaction" in refused.stderr, refused.stderr
 
 
+def test_the_replica_streams_over_tls_through_its_slot():
+    assert psql("medium-replica", "SELECT status FROM pg_stat_wal_receiver") == "streaming"
+    assert psql("medium-db", "SELECT active FROM pg_replication_slots WHERE slot_name = 'medium_replica'") == "t"
+    # The walsender of the replica's connection uses TLS, from the replica's address.
+    row = psql("medium-db", "SELECT host(r.client_addr) || '|' || r.application_name || '|' || s.ssl "
+                            "FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)")
+    assert row == "%s|medium_replica|true" % ip("medium-replica")
+    # Lag is observable on both sides.
+    assert psql("medium-db", "SELECT count(*) FROM pg_stat_replication WHERE replay_lsn IS NOT NULL") == "1"
+
+
 # --------------------------------------------------------------------------- upgrades
 
 
@@ -208,10 +232,21 @@ def test_upgrade_rolls_out_with_zero_failed_requests(host):
     build_release("1.0.1")
     runs_before = {n: migration_runs(n, "1.0.1") for n in API_HOSTS + WORKER_HOSTS}
     since = time.time()
+    # The rollout also changes the environment file (a marker variable) and runs with
+    # --diff: no secret may appear in the output, raw or URL-encoded.
+    extra_env = json.dumps({"app_env_extra": dict(SCENARIO_VARS["app_env_extra"], MATCRAFT_DIFF_MARKER="rollout")})
     with Stream(host, "upgrade-101") as stream:
-        upgrade("1.0.1")
+        output = upgrade("1.0.1", "-e", extra_env, "--diff")
     summary = stream.summary()
     assert summary["failed"] == 0 and summary["sent"] >= 100 and summary["ok"] == summary["sent"], summary
+    assert 'MATCRAFT_DIFF_MARKER="rollout"' in peer("medium-api1").run("cat /etc/matcraft/matcraft.env").stdout
+    for variable in ("matcraft_db_password", "matcraft_redis_password", "matcraft_secret_key",
+                     "matcraft_db_replication_password"):
+        for form in (SCENARIO_VARS[variable], quote(SCENARIO_VARS[variable], safe="")):
+            assert form not in output, "%s appears in the --diff output of the upgrade" % variable
+    assert "MATCRAFT_DIFF_MARKER" not in output, "the environment file's diff was shown"
+    for name in API_HOSTS + WORKER_HOSTS:
+        _RELEASE_BUILT[name] = peer(name).run("stat -c %Y /opt/matcraft/releases/1.0.1/.release.json").stdout.strip()
 
     # Every host runs 1.0.1.
     for name in API_HOSTS + WORKER_HOSTS:
@@ -279,6 +314,14 @@ def test_upgrading_back_restores_every_host(host):
         assert current_release(name) == "/opt/matcraft/releases/1.0.1", name
     for name in API_HOSTS:
         assert api_version(host, name) == "1.0.1", name
+    # 1.0.1 was on disk: only the link moved back; the broken release is kept.
+    for name in API_HOSTS + WORKER_HOSTS:
+        node = peer(name)
+        assert node.run("stat -c %Y /opt/matcraft/releases/1.0.1/.release.json").stdout.strip() == \
+            _RELEASE_BUILT[name], "release 1.0.1 was rebuilt on %s instead of reused" % name
+    assert peer("medium-api1").file("/opt/matcraft/releases/1.0.2").is_directory
+    for name in WORKER_HOSTS:
+        assert worker_release(name) == "/opt/matcraft/releases/1.0.1", name
     site = host.run("cat /etc/nginx/conf.d/matcraft.conf").stdout
     assert " down;" not in site, "an API host is still drained"
     # Both API hosts serve through the edge again, and a job goes round trip.

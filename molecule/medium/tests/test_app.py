@@ -1,10 +1,10 @@
 """The application tier end to end, over the scenario's network.
 
-The client of every request is app-redis (in matcraft_monitoring, which the
-firewall lets reach the API and the worker health sidecars); app-db is an
-outsider for those ports. Tests run in file order; the release rollout and
-rollback and the recovery from a crash loop (which run the converge playbook
-again) come last.
+The client of every request is medium-redis (in matcraft_monitoring, which
+the firewall lets reach the API and the worker health sidecars); medium-db is
+an outsider for those ports. Tests run in file order, and this file before
+test_medium.py (whose upgrades move the release); the recovery from a crash
+loop (which runs the app playbook again) comes last.
 """
 
 import base64
@@ -15,12 +15,14 @@ import time
 
 import yaml
 
+from urllib.parse import quote
+
 from helpers import address_of, assert_unit_running, curl_json, journal, peer, probe_tcp, wait_for
 
-testinfra_hosts = ["app-redis"]
+testinfra_hosts = ["medium-redis"]
 
-API_HOSTS = ("app-api1", "app-api2")
-WORKER_HOSTS = ("app-worker1", "app-worker2")
+API_HOSTS = ("medium-api1", "medium-api2")
+WORKER_HOSTS = ("medium-worker1", "medium-worker2")
 WORKER_UNITS = ("matcraft-worker@default", "matcraft-worker@gpu")
 SCENARIO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCENARIO_VARS = yaml.safe_load(open(os.path.join(SCENARIO_DIR, "group_vars", "all.yml")))
@@ -47,13 +49,13 @@ def sidecar(name, path="/health"):
     return "http://%s:9808%s" % (ip(name), path)
 
 
-def post_job(client, seconds, queue="default", via="app-api1"):
+def post_job(client, seconds, queue="default", via="medium-api1"):
     status, body = http(client, "POST", api(via, "/v1/jobs"), {"seconds": seconds, "queue": queue})
     assert status == 202, body
     return body["id"]
 
 
-def job(client, job_id, via="app-api2"):
+def job(client, job_id, via="medium-api2"):
     status, body = http(client, "GET", api(via, "/v1/jobs/%d" % job_id))
     assert status == 200, body
     return body
@@ -77,10 +79,10 @@ def test_release_layout_and_environment_file():
         assert (env.user, env.group, env.mode) == ("root", "matcraft", 0o640), name
         content = node.run("cat /etc/matcraft/matcraft.env").stdout
         # Credentials URL-encoded; verify-full TLS to the database.
-        assert "Qv7%2FLm%403Kp%3A9Zx%25Rt5%23Wn2%3FHy8%26Bc4Jd@" in content
+        assert ":%s@" % quote(SCENARIO_VARS["matcraft_db_password"], safe="") in content
         assert "sslmode=verify-full&sslrootcert=/etc/matcraft/pki/ca.crt" in content
         # TLS to Redis, because the Redis host offers it.
-        assert ('REDIS_URL="rediss://matcraft:Rk7%2FXw%409%3ALp%252Qz4Tn8Vb3Hm6Jd1Fs0Gc@' + ip("app-redis")
+        assert ('REDIS_URL="rediss://matcraft:' + quote(SCENARIO_VARS["matcraft_redis_password"], safe="") + "@" + ip("medium-redis")
                 + ':6380/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/matcraft/pki/ca.crt&ssl_check_hostname=true"') in content
         assert 'MATCRAFT_ENV="production"' in content and 'CORS_ORIGINS="https://matcraft.example.org"' in content
         user = node.user("matcraft")
@@ -90,9 +92,9 @@ def test_release_layout_and_environment_file():
 
 
 def test_air_gapped_host_installed_from_its_wheelhouse_only():
-    """app-worker2 (app_install_source: wheelhouse) has the wheelhouse in its release and its
+    """medium-worker2 (app_install_source: wheelhouse) has the wheelhouse in its release and its
     virtualenv holds exactly the versions of those wheels: pip ran with --no-index."""
-    node = peer("app-worker2")
+    node = peer("medium-worker2")
     record = json.loads(node.file("/opt/matcraft/releases/1.0.0/.release.json").content_string)
     assert record["source"] == "wheelhouse" and record["wheelhouse"], record
     assert "matcraft_contract-1.0.0-py3-none-any.whl" in record["wheelhouse"]
@@ -128,7 +130,7 @@ def test_units_run_hardened_as_the_service_user():
         assert int(values["StartLimitBurst"]) > 0
         owner = node.run("ps -o user= -p %s", values["MainPID"]).stdout.strip()
         assert owner == "matcraft", (name, unit, owner)
-    worker_show = peer("app-worker1").run("systemctl show matcraft-worker@default -p TimeoutStopUSec,KillSignal").stdout
+    worker_show = peer("medium-worker1").run("systemctl show matcraft-worker@default -p TimeoutStopUSec,KillSignal").stdout
     assert "TimeoutStopUSec=1h 1min" in worker_show and "KillSignal=15" in worker_show
 
 
@@ -159,10 +161,10 @@ def test_api_serves_https_with_its_pki_certificate(host):
 def test_migrations_ran_once_on_the_designated_host():
     def upgrades(name):
         return peer(name).run("journalctl --no-pager -o cat | grep -c 'venv/bin/materia db upgrade'").stdout.strip()
-    assert upgrades("app-api1") != "0", "the migration host app-api1 never ran the migrations"
-    for name in ("app-api2",) + WORKER_HOSTS:
+    assert upgrades("medium-api1") != "0", "the migration host medium-api1 never ran the migrations"
+    for name in ("medium-api2",) + WORKER_HOSTS:
         assert upgrades(name) == "0", "%s ran the migrations" % name
-    current = peer("app-api1").run("matcraft-manage materia db current")
+    current = peer("medium-api1").run("matcraft-manage materia db current")
     assert current.rc == 0 and "(head)" in current.stdout, current.stderr
 
 
@@ -189,7 +191,7 @@ def test_manage_commands_run_in_the_services_sandbox():
         "    print('read-only-etc')",
         "print(os.getuid() != 0)",
     ])
-    run = peer("app-api1").run("matcraft-manage python -c %s", probe)
+    run = peer("medium-api1").run("matcraft-manage python -c %s", probe)
     assert run.rc == 0, run.stderr
     assert run.stdout.split() == ["1|2|0000000000000000|0000000000000000", "no-netlink", "read-only-etc", "True"], \
         run.stdout
@@ -198,23 +200,23 @@ def test_manage_commands_run_in_the_services_sandbox():
 def test_the_access_log_keeps_no_query_string(host):
     """A token in a query string does not reach the API's access log (uvicorn's access lines
     pass through a filter in the gunicorn settings); the path does."""
-    since = peer("app-api1").run("date +%s").stdout.strip()
-    status, _ = http(host, "GET", api("app-api1", "/health?token=QueryStringMarker7"))
+    since = peer("medium-api1").run("date +%s").stdout.strip()
+    status, _ = http(host, "GET", api("medium-api1", "/health?token=QueryStringMarker7"))
     assert status == 200
     lines = wait_for("the request in the access log", lambda: [
-        line for line in peer("app-api1").run("journalctl -u matcraft-api --since @%s --no-pager -o cat", since)
+        line for line in peer("medium-api1").run("journalctl -u matcraft-api --since @%s --no-pager -o cat", since)
         .stdout.splitlines() if '"GET /health' in line] or None, 30)
     assert not [line for line in lines if "QueryStringMarker7" in line or "?" in line], lines
 
 
 def test_firewall_lets_monitoring_in_and_keeps_outsiders_out(host):
-    outsider = peer("app-db")
+    outsider = peer("medium-db")
     for name in API_HOSTS:
         assert probe_tcp(host, ip(name), 8000)
-        assert not probe_tcp(outsider, ip(name), 8000), "app-db reached the API on " + name
+        assert not probe_tcp(outsider, ip(name), 8000), "medium-db reached the API on " + name
     for name in WORKER_HOSTS:
         assert probe_tcp(host, ip(name), 9808)
-        assert not probe_tcp(outsider, ip(name), 9808), "app-db reached the sidecar on " + name
+        assert not probe_tcp(outsider, ip(name), 9808), "medium-db reached the sidecar on " + name
 
 
 def test_health_is_200_on_each_api_host(host):
@@ -224,7 +226,7 @@ def test_health_is_200_on_each_api_host(host):
 
 
 def test_health_follows_the_database(host):
-    database = peer("app-db")
+    database = peer("medium-db")
     stop = database.run("systemctl stop postgresql@15-main")
     assert stop.rc == 0, stop.stderr
     try:
@@ -245,7 +247,7 @@ def test_health_follows_the_database(host):
 
 
 def test_job_runs_on_a_worker_and_its_result_is_read_back(host):
-    job_id = post_job(host, 0.5, via="app-api1")
+    job_id = post_job(host, 0.5, via="medium-api1")
     done = wait_job_done(host, job_id, 90)
     assert done["state"] == "done", done
     assert done["result"]["job_id"] == job_id
@@ -253,7 +255,7 @@ def test_job_runs_on_a_worker_and_its_result_is_read_back(host):
 
 
 def test_gpu_queue_goes_to_the_gpu_group(host):
-    job_id = post_job(host, 0.2, queue="gpu_training", via="app-api2")
+    job_id = post_job(host, 0.2, queue="gpu_training", via="medium-api2")
     done = wait_job_done(host, job_id, 90)
     assert done["state"] == "done" and done["worker_node"].startswith("gpu@"), done
 
@@ -310,7 +312,7 @@ def test_queued_jobs_survive_a_sigkill_of_redis(host):
     """Jobs waiting in the broker's queue (no worker consumes it) survive Redis being killed with
     SIGKILL, as the OOM killer does: the AOF (appendfsync everysec) has them, systemd restarts Redis,
     and each job runs once when the workers are back."""
-    redis = peer("app-redis")
+    redis = peer("medium-redis")
     units = {name: peer(name) for name in WORKER_HOSTS}
     for worker in units.values():
         stop = worker.run("systemctl stop matcraft-worker@default")
@@ -368,22 +370,22 @@ def redis_clients_outcome(name):
 
 
 def test_every_redis_client_refuses_a_server_it_should_not_trust(host, tmp_path):
-    """A Redis answering on the broker's address (app-redis:6380, where the real one was stopped)
+    """A Redis answering on the broker's address (medium-redis:6380, where the real one was stopped)
     with a certificate of another CA, then with one of the internal CA for another name: every
     client of the API and worker hosts refuses it for its certificate, while each accepts the
     real server before and after. The impostor accepts any password, so only the certificate
     check can refuse it."""
-    redis = peer("app-redis")
-    address = ip("app-redis")
-    for name in ("app-api1", "app-worker1"):
+    redis = peer("medium-redis")
+    address = ip("medium-redis")
+    for name in ("medium-api1", "medium-worker1"):
         assert redis_clients_outcome(name) == {client: "accepted" for client in REDIS_CLIENTS}, name
     scratch = "/var/tmp/rogue-redis"
     other_ca = ("mkdir -p {d} && cd {d} && "
                 "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=rogue-ca "
                 "-keyout other-ca.key -out other-ca.crt 2>/dev/null && "
-                "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=app-redis "
+                "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=medium-redis "
                 "-keyout rogue.key -out rogue.csr 2>/dev/null && "
-                "printf 'subjectAltName=IP:%s,DNS:app-redis\\n' > san.ext && "
+                "printf 'subjectAltName=IP:%s,DNS:medium-redis\\n' > san.ext && "
                 "openssl x509 -req -in rogue.csr -CA other-ca.crt -CAkey other-ca.key -CAcreateserial -days 1 "
                 "-extfile san.ext -out other-ca-rogue.crt 2>/dev/null && chmod 0644 rogue.key").format(d=scratch)
     made = redis.run(other_ca, address)
@@ -414,7 +416,7 @@ def test_every_redis_client_refuses_a_server_it_should_not_trust(host, tmp_path)
             assert start.rc == 0, start.stderr
             try:
                 wait_for("the impostor listening on %s:6380" % address, lambda: probe_tcp(redis, address, 6380), 30, 0.5)
-                for name in ("app-api1", "app-worker1"):
+                for name in ("medium-api1", "medium-worker1"):
                     outcome = redis_clients_outcome(name)
                     assert outcome == {client: "refused-certificate" for client in REDIS_CLIENTS}, \
                         (certificate, name, outcome)
@@ -424,7 +426,7 @@ def test_every_redis_client_refuses_a_server_it_should_not_trust(host, tmp_path)
         start = redis.run("systemctl start redis-server")
         assert start.rc == 0, start.stderr
         redis.run("rm -rf %s", scratch)
-    wait_for("the real Redis accepted again", lambda: redis_clients_outcome("app-worker1") == {
+    wait_for("the real Redis accepted again", lambda: redis_clients_outcome("medium-worker1") == {
         client: "accepted" for client in REDIS_CLIENTS}, 60, 2)
     for name in WORKER_HOSTS:
         wait_for("sidecar of %s healthy with the real Redis back" % name,
@@ -432,23 +434,23 @@ def test_every_redis_client_refuses_a_server_it_should_not_trust(host, tmp_path)
 
 
 def test_sidecar_reports_a_stopped_worker(host):
-    worker = peer("app-worker1")
-    status, body = http(host, "GET", sidecar("app-worker1"))
+    worker = peer("medium-worker1")
+    status, body = http(host, "GET", sidecar("medium-worker1"))
     assert status == 200 and body["status"] == "ok", body
-    metrics = http(host, "GET", sidecar("app-worker1", "/metrics"))[1]
+    metrics = http(host, "GET", sidecar("medium-worker1", "/metrics"))[1]
     assert "matcraft_worker_up" in metrics
     stop = worker.run("systemctl stop matcraft-worker@default")
     assert stop.rc == 0, stop.stderr
     try:
         status, body = wait_for(
             "503 from the sidecar while the worker is stopped",
-            lambda: (lambda r: r if r[0] == 503 else None)(http(host, "GET", sidecar("app-worker1"))), 30)
-        assert "node:default@app-worker1" in body["failed"], body
+            lambda: (lambda r: r if r[0] == 503 else None)(http(host, "GET", sidecar("medium-worker1"))), 30)
+        assert "node:default@medium-worker1" in body["failed"], body
     finally:
         start = worker.run("systemctl start matcraft-worker@default")
     assert start.rc == 0, start.stderr
     wait_for("200 from the sidecar after the worker is back",
-             lambda: http(host, "GET", sidecar("app-worker1"))[0] == 200, 90, 2)
+             lambda: http(host, "GET", sidecar("medium-worker1"))[0] == 200, 90, 2)
 
 
 # --------------------------------------------------------------------------- restarts and releases
@@ -458,17 +460,17 @@ def test_rolling_restart_fails_no_request(host):
     """300 requests over ~30 s through both API hosts while each restarts in turn: none fails. Only
     a connection refused (nothing sent yet) is tried again on the other host, as the edge does; a
     reset, a timeout or an error status fails the request. The number of such retries is in
-    .cache/results/app-rolling-restart.json."""
+    .cache/results/medium-rolling-restart.json."""
     script = open(os.path.join(SCENARIO_DIR, "files", "rolling_client.py"), "rb").read()
     host.run("rm -f /var/tmp/rolling.json")
     put = host.run("echo %s | base64 -d > /var/tmp/rolling_client.py", base64.b64encode(script).decode())
     assert put.rc == 0, put.stderr
     pids = {n: peer(n).run("systemctl show -p MainPID --value matcraft-api").stdout.strip() for n in API_HOSTS}
-    host.run("systemctl reset-failed app-rolling-client")
+    host.run("systemctl reset-failed medium-rolling-client")
     start = host.run(
-        "systemd-run --unit=app-rolling-client --property=RuntimeMaxSec=300 "
+        "systemd-run --unit=medium-rolling-client --property=RuntimeMaxSec=300 "
         "python3 /var/tmp/rolling_client.py /var/tmp/rolling.json 300 0.1 %s %s",
-        api("app-api1", "/health"), api("app-api2", "/health"))
+        api("medium-api1", "/health"), api("medium-api2", "/health"))
     assert start.rc == 0, start.stderr
     time.sleep(3)
     for name in API_HOSTS:
@@ -484,7 +486,7 @@ def test_rolling_restart_fails_no_request(host):
         assert new_pid not in ("0", pids[name]), "%s was not restarted" % name
     results = os.path.join(os.path.dirname(os.path.dirname(SCENARIO_DIR)), ".cache", "results")
     os.makedirs(results, exist_ok=True)
-    with open(os.path.join(results, "app-rolling-restart.json"), "w") as handle:
+    with open(os.path.join(results, "medium-rolling-restart.json"), "w") as handle:
         json.dump(summary, handle, indent=1)
     assert summary["sent"] == 300 and summary["failed"] == 0 and summary["ok"] == 300, summary
 
@@ -492,15 +494,15 @@ def test_rolling_restart_fails_no_request(host):
 def test_graceful_reload_keeps_the_master_and_loses_no_request(host):
     """`systemctl reload matcraft-api` (HUP): new gunicorn workers replace the old ones under
     the same master while requests keep flowing to that host alone (no retry elsewhere)."""
-    name = "app-api1"
+    name = "medium-api1"
     node = peer(name)
     master = node.run("systemctl show -p MainPID --value matcraft-api").stdout.strip()
     before = set(node.run("pgrep -P %s", master).stdout.split())
     script = open(os.path.join(SCENARIO_DIR, "files", "rolling_client.py"), "rb").read()
     host.run("rm -f /var/tmp/reload.json")
     host.run("echo %s | base64 -d > /var/tmp/rolling_client.py", base64.b64encode(script).decode())
-    host.run("systemctl reset-failed app-reload-client")
-    start = host.run("systemd-run --unit=app-reload-client --property=RuntimeMaxSec=120 "
+    host.run("systemctl reset-failed medium-reload-client")
+    start = host.run("systemd-run --unit=medium-reload-client --property=RuntimeMaxSec=120 "
                      "python3 /var/tmp/rolling_client.py /var/tmp/reload.json 150 0.1 %s", api(name, "/health"))
     assert start.rc == 0, start.stderr
     time.sleep(3)
@@ -517,70 +519,20 @@ def test_graceful_reload_keeps_the_master_and_loses_no_request(host):
     assert summary["sent"] == 150 and summary["ok"] == 150 and summary["refused_retries"] == 0, summary
 
 
-def run_converge(*extra):
-    """The scenario's converge playbook again (the application plays only), finished."""
+def run_app_playbook(*extra):
+    """matcraft.deploy.app again (the baseline skipped: it does not change with the
+    application's settings, and its converge and idempotence ran before verify), finished."""
     inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
-    # The baseline and the data tier do not change with the release, and their
-    # own converge and idempotence ran before verify; skipping them keeps the
-    # rollout tests to the application plays (a failure there still fails).
-    cmd = ["ansible-playbook", "-i", inventory, os.path.join(SCENARIO_DIR, "converge.yml"),
-           "--skip-tags", "baseline,data_tier"] + list(extra)
+    cmd = ["ansible-playbook", "-i", inventory, "matcraft.deploy.app",
+           "-e", json.dumps({"matcraft_baseline_done": True})] + list(extra)
     return subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=1800)
 
 
-def converge(*extra):
-    """Run the scenario's converge playbook again and require it to pass."""
-    run = run_converge(*extra)
-    assert run.returncode == 0, "converge %s failed:\n%s\n%s" % (extra, run.stdout[-12000:], run.stderr[-3000:])
+def app_playbook(*extra):
+    """Run matcraft.deploy.app again and require it to pass."""
+    run = run_app_playbook(*extra)
+    assert run.returncode == 0, "the app playbook %s failed:\n%s\n%s" % (extra, run.stdout[-12000:], run.stderr[-3000:])
     return run.stdout
-
-
-def test_new_release_rolls_out_and_back(host):
-    built = {n: peer(n).run("stat -c %Y /opt/matcraft/releases/1.0.0/.release.json").stdout.strip()
-             for n in API_HOSTS + WORKER_HOSTS}
-    # The rollout also changes the environment file (a marker variable) and runs with
-    # --diff: no secret may appear in the output, raw or URL-encoded.
-    extra_env = json.dumps({"app_env_extra": {"CELERY_UNACKED_RESTORE_INTERVAL": "2",
-                                              "MATCRAFT_DIFF_MARKER": "rollout"}})
-    output = converge("-e", "app_version=1.0.1", "-e", extra_env, "--diff")
-    assert 'MATCRAFT_DIFF_MARKER="rollout"' in peer("app-api1").run("cat /etc/matcraft/matcraft.env").stdout
-    secrets = ["Qv7/Lm@3Kp:9Zx%Rt5#Wn2?Hy8&Bc4Jd", "Rk7/Xw@9:Lp%2Qz4Tn8Vb3Hm6Jd1Fs0Gc",
-               "9f2c4e7a1b8d3f6e0a5c2b9d4e7f1a3c6b8e0d2f5a7c9e1b3d6f8a0c2e4b7d9f"]
-    from urllib.parse import quote
-    for secret in secrets:
-        for form in (secret, quote(secret, safe="")):
-            assert form not in output, "a secret appears in the --diff output of the converge"
-    assert "MATCRAFT_DIFF_MARKER" not in output, "the environment file's diff was shown"
-    for name in API_HOSTS + WORKER_HOSTS:
-        assert peer(name).file("/opt/matcraft/current").linked_to == "/opt/matcraft/releases/1.0.1", name
-    for name in API_HOSTS:
-        status, body = http(host, "GET", api(name, "/"))
-        assert status == 200 and body["version"] == "1.0.1", (name, body)
-        assert http(host, "GET", api(name, "/health"))[0] == 200
-    job_id = post_job(host, 0.2)
-    assert wait_job_done(host, job_id, 90)["state"] == "done"
-    for name in WORKER_HOSTS:
-        # The worker's interpreter is the release's own (the console script's shebang).
-        cmdline = peer(name).run(
-            "tr '\\0' ' ' < /proc/$(systemctl show -p MainPID --value matcraft-worker@default)/cmdline").stdout
-        assert cmdline.startswith("/opt/matcraft/releases/1.0.1/venv/bin/python"), (name, cmdline)
-
-    # Rolling back: the earlier version again; its release is on disk, so only the link moves.
-    converge()
-    for name in API_HOSTS + WORKER_HOSTS:
-        node = peer(name)
-        assert node.file("/opt/matcraft/current").linked_to == "/opt/matcraft/releases/1.0.0", name
-        assert node.run("stat -c %Y /opt/matcraft/releases/1.0.0/.release.json").stdout.strip() == built[name], \
-            "release 1.0.0 was rebuilt on %s instead of reused" % name
-        assert node.file("/opt/matcraft/releases/1.0.1").is_directory, "the newer release is kept on " + name
-    for name in API_HOSTS:
-        status, body = http(host, "GET", api(name, "/"))
-        assert status == 200 and body["version"] == "1.0.0", (name, body)
-        assert http(host, "GET", api(name, "/health"))[0] == 200
-    for name in WORKER_HOSTS:
-        assert http(host, "GET", sidecar(name))[0] == 200
-    job_id = post_job(host, 0.2)
-    assert wait_job_done(host, job_id, 90)["state"] == "done"
 
 
 def task_results(output, task):
@@ -604,12 +556,12 @@ def test_the_run_with_the_fix_starts_units_left_at_their_start_limit(host):
             assert "Start request repeated too quickly" in journal(peer(name), unit, 200), (name, unit)
 
     wrong_worker = {"worker_extra_args": ["--no-such-option"], "worker_health_retries": 3}
-    failed = run_converge("-e", json.dumps(wrong_worker))
-    assert failed.returncode != 0, "the converge with a wrong worker option passed:\n" + failed.stdout[-4000:]
+    failed = run_app_playbook("-e", json.dumps(wrong_worker))
+    assert failed.returncode != 0, "the run with a wrong worker option passed:\n" + failed.stdout[-4000:]
     wait_until_stopped_at_the_limit([(name, unit) for name in WORKER_HOSTS for unit in WORKER_UNITS])
     wrong_api = dict(wrong_worker, api_bind_address="192.0.2.10", api_health_retries=3)
-    failed = run_converge("-e", json.dumps(wrong_api))
-    assert failed.returncode != 0, "the converge with a wrong API address passed:\n" + failed.stdout[-4000:]
+    failed = run_app_playbook("-e", json.dumps(wrong_api))
+    assert failed.returncode != 0, "the run with a wrong API address passed:\n" + failed.stdout[-4000:]
     wait_until_stopped_at_the_limit([(name, "matcraft-api") for name in API_HOSTS])
     units = [(name, "matcraft-api") for name in API_HOSTS] + \
         [(name, unit) for name in WORKER_HOSTS for unit in WORKER_UNITS]
@@ -617,7 +569,7 @@ def test_the_run_with_the_fix_starts_units_left_at_their_start_limit(host):
     # The run with the settings put back: the units' files are as they were when
     # they last ran, so no restart is due; the role resets the failed units and
     # starts them, within the 300 s in which systemd would refuse a plain start.
-    output = converge()
+    output = app_playbook()
     resets = task_results(output, "matcraft.deploy.api : Let the API start again")
     for name in API_HOSTS:
         assert "changed: [%s]" % name in resets, resets
