@@ -247,6 +247,10 @@ def test_upgrade_rolls_out_with_zero_failed_requests(host):
     assert "MATCRAFT_DIFF_MARKER" not in output, "the environment file's diff was shown"
     for name in API_HOSTS + WORKER_HOSTS:
         _RELEASE_BUILT[name] = peer(name).run("stat -c %Y /opt/matcraft/releases/1.0.1/.release.json").stdout.strip()
+    # The air-gapped worker installed 1.0.1 from its wheelhouse too (pip --no-index).
+    record = json.loads(peer("medium-worker2").file("/opt/matcraft/releases/1.0.1/.release.json").content_string)
+    assert record["source"] == "wheelhouse" and "matcraft_contract-1.0.1-py3-none-any.whl" in record["wheelhouse"], \
+        record
 
     # Every host runs 1.0.1.
     for name in API_HOSTS + WORKER_HOSTS:
