@@ -252,6 +252,26 @@ def test_valid_inventory_passes():
         peer(name).run("rm -f /root/preflight-marker")
 
 
+def test_a_run_narrowed_by_limit_knows_the_hosts_it_leaves_out():
+    """ansible-playbook --limit preflight-app: the plays after preflight read the
+    facts (addresses) of preflight-data too, which only preflight can have read.
+    Before, a layer playbook run with --limit failed on the first address of a
+    host left out."""
+    inventory = _inventory_dir({})
+    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
+    try:
+        result = subprocess.run(
+            ["ansible-playbook", "-i", os.path.join(inventory, "hosts.yml"), "--limit", "preflight-app",
+             os.path.join(SCENARIO, "limited.yml")],
+            capture_output=True, text=True, env=env, timeout=300, check=False)
+    finally:
+        shutil.rmtree(inventory)
+    assert result.returncode == 0, result.stdout[-3000:]
+    recap = [line for line in result.stdout.splitlines() if re.match(r"^preflight-\S+\s+:", line)]
+    assert [line.split()[0] for line in recap] == ["preflight-app"], recap
+    assert "changed=0" in recap[0] and "failed=0" in recap[0], recap
+
+
 def test_an_untested_system_warns_and_does_not_stop_the_run():
     """A system the roles are written for but no scenario proves (Debian 13, Ubuntu): a warning per
     host naming it and the tested ones; the run goes on. Here Debian 12 plays the untested one."""
