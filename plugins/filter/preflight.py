@@ -683,6 +683,8 @@ DEFAULT_SETTINGS = {
     "backup_unencrypted_acknowledged": False,
     "check_secrets": True,
     "secret_min_bytes": 32,
+    # The preflight role's preflight_public_address_acknowledged.
+    "public_address_acknowledged": False,
 }
 
 
@@ -903,6 +905,80 @@ def backup_encryption(variables, settings=None, backup_host=False):
     return message, acknowledged
 
 
+# --- Listening on a public address ---------------------------------------------------
+PUBLIC_ACKNOWLEDGEMENT = "preflight_public_address_acknowledged"
+
+
+def address_is_public(value):
+    """True when value is an IP address of the public Internet (ipaddress's is_global:
+    not private as RFC 1918, RFC 6598's shared space, IPv6 unique local, loopback,
+    link-local or documentation ranges are). Anything that is not an address is False
+    (the address check reports it)."""
+    try:
+        address = ipaddress.ip_address(str(value).strip())
+    except ValueError:
+        return False
+    if getattr(address, "ipv4_mapped", None):
+        address = address.ipv4_mapped
+    return address.is_global
+
+
+def _guessed_address(variables):
+    """The address the roles fall back to (the default route's IPv4 address) when
+    matcraft_private_address is not set; MISSING when the facts do not say."""
+    facts = _get(variables, "ansible_facts", {})
+    route = facts.get("default_ipv4") if isinstance(facts, dict) else None
+    if not isinstance(route, dict) or not route.get("address"):
+        route = _get(variables, "ansible_default_ipv4", {})
+    if isinstance(route, dict) and route.get("address"):
+        return str(route["address"])
+    return MISSING
+
+
+def public_addresses(variables, settings=None):
+    """The listen addresses of one host that are public: [(message, acknowledged)].
+
+    Every service of the collection listens on matcraft_private_address, or, when the
+    inventory does not set it, on the address of the default route (the facts). A public
+    address set on purpose (matcraft_private_address or a service's own listen address)
+    is a mistake unless preflight_public_address_acknowledged is true (of the host, or
+    settings["public_address_acknowledged"]); then it is a warning. A public address the
+    roles would only guess is always a mistake: the operator states the address."""
+    config = dict(DEFAULT_SETTINGS)
+    config.update(settings or {})
+    acknowledged = _truthy(_get(variables, PUBLIC_ACKNOWLEDGEMENT, config["public_address_acknowledged"]))
+    found = []
+    stated = _get(variables, "matcraft_private_address")
+    if stated is MISSING:
+        guessed = _guessed_address(variables)
+        if guessed is not MISSING and address_is_public(guessed):
+            found.append(("matcraft_private_address: not set, so the services would listen on %s, the address of "
+                          "the default route, which is public. Fix: set matcraft_private_address to this host's "
+                          "address on the private network, such as 10.0.0.12; to listen on a public address on "
+                          "purpose, set matcraft_private_address to it and %s: true."
+                          % (guessed, PUBLIC_ACKNOWLEDGEMENT), False))
+    for name in ADDRESSES:
+        value = _get(variables, name)
+        if value is MISSING or not address_is_public(value):
+            continue
+        if acknowledged:
+            message = ("%s: %s is a public address; %s is true, so the run goes on and the service listens "
+                       "there. Fix: use this host's private address, such as 10.0.0.12."
+                       % (name, _show(value), PUBLIC_ACKNOWLEDGEMENT))
+        else:
+            message = ("%s: %s is a public address, so the service would listen where the whole Internet can "
+                       "reach it. Fix: set it to this host's address on the private network, such as 10.0.0.12; "
+                       "to listen there on purpose, set %s: true." % (name, _show(value), PUBLIC_ACKNOWLEDGEMENT))
+        found.append((message, acknowledged))
+    return found
+
+
+def _public_messages(hostvars, hosts, settings, acknowledged):
+    """The public-address messages per host: the refused ones, or the acknowledged ones."""
+    return {host: [message for message, ack in public_addresses(hostvars[host], settings) if ack == acknowledged]
+            for host in hosts}
+
+
 def _in_group(host, groups, group):
     return isinstance(group, str) and host in ((groups or {}).get(group) or [])
 
@@ -930,7 +1006,7 @@ def preflight_problems(hostvars, hosts, groups, settings=None):
     (the play's); groups: inventory groups; settings: the preflight role's
     tiers, group_min_hosts_by_tier, groups, check_domain, tls_modes,
     ssh_cidrs_default, ssh_open_to_world_acknowledged, backup_unencrypted_acknowledged,
-    check_secrets, secret_min_bytes.
+    check_secrets, secret_min_bytes, public_address_acknowledged.
     """
     config = dict(DEFAULT_SETTINGS)
     config.update(settings or {})
@@ -940,8 +1016,9 @@ def preflight_problems(hostvars, hosts, groups, settings=None):
     problems = _global_problems(hostvars[hosts[0]], groups or {}, config)
     ssh = _ssh_messages(hostvars, hosts, config, acknowledged=False)
     backup = _backup_messages(hostvars, hosts, groups, config, acknowledged=False)
+    public = _public_messages(hostvars, hosts, config, acknowledged=False)
     problems += _merge_per_host({host: host_variable_problems(hostvars[host]) + ssh[host] + backup[host]
-                                 for host in hosts})
+                                 + public[host] for host in hosts})
     return problems
 
 
@@ -1020,6 +1097,8 @@ def preflight_warnings(hostvars, hosts, known=None, settings=None, groups=None):
     warnings = _merge_per_host(_ssh_messages(hostvars, hosts, config, acknowledged=True)) if hosts else []
     if hosts and groups is not None:
         warnings += _merge_per_host(_backup_messages(hostvars, hosts, groups, config, acknowledged=True))
+    if hosts:
+        warnings += _merge_per_host(_public_messages(hostvars, hosts, config, acknowledged=True))
     if hosts and _get(hostvars[hosts[0]], "matcraft_environment") is MISSING:
         warnings.append("matcraft_environment: not set, so the internal CA is named for 'production'. Fix: set it "
                         "in group_vars/all to this environment's short lowercase name, such as production or "

@@ -857,3 +857,70 @@ def test_example_inventories_have_no_problem_and_no_warning(tier):
         "matcraft_acme_email: 'ops@example.org' is not a real e-mail address. Fix: give an address that receives "
         "Let's Encrypt expiry notices."]
     assert p.preflight_warnings(hostvars, names) == []
+
+
+# --- Listening on a public address (security issue, least network) -------------------
+PUBLIC_ACK = "preflight_public_address_acknowledged"
+
+
+def _facts(address):
+    return {"ansible_facts": {"default_ipv4": {"address": address}}}
+
+
+@pytest.mark.parametrize("value", ["10.0.0.12", "172.16.5.1", "192.168.1.9", "100.64.3.4", "fd00::12", "127.0.0.1",
+                                   "169.254.1.1", "fe80::1", "::ffff:10.0.0.1", "203.0.113.7",
+                                   "2001:db8::1", "not an address"])
+def test_private_loopback_link_local_and_invalid_are_not_public(value):
+    assert not p.address_is_public(value)
+
+
+@pytest.mark.parametrize("value", ["9.9.9.9", "1.1.1.1", "2001:4860::8888", "::ffff:8.8.8.8"])
+def test_internet_addresses_are_public(value):
+    assert p.address_is_public(value)
+
+
+def test_a_guessed_private_address_passes():
+    assert problems(host_changes={"app1": _facts("10.0.0.5"), "data1": _facts("172.17.0.3")}) == []
+
+
+def test_a_guessed_public_address_stops_the_run_even_acknowledged():
+    message = ("matcraft_private_address on host data1: not set, so the services would listen on 8.8.4.4, the "
+               "address of the default route, which is public. Fix: set matcraft_private_address to this host's "
+               "address on the private network, such as 10.0.0.12; to listen on a public address on purpose, set "
+               "matcraft_private_address to it and preflight_public_address_acknowledged: true.")
+    hosts = {"app1": _facts("10.0.0.5"), "data1": _facts("8.8.4.4")}
+    assert problems(host_changes=hosts) == [message]
+    assert problems({PUBLIC_ACK: True}, host_changes=hosts) == [message]
+
+
+def test_a_stated_private_address_wins_over_a_public_default_route():
+    hosts = {host: dict(_facts("8.8.4.4"), matcraft_private_address="10.0.0.%d" % n)
+             for n, host in enumerate(("app1", "data1"), 5)}
+    assert problems(host_changes=hosts) == []
+
+
+@pytest.mark.parametrize("name", ["matcraft_private_address", "api_bind_address", "postgresql_listen_address",
+                                  "grafana_listen_address", "worker_health_address"])
+def test_a_stated_public_address_stops_the_run(name):
+    assert problems(host_changes={"app1": {name: "9.9.9.9"}}) == [
+        "%s on host app1: '9.9.9.9' is a public address, so the service would listen where the whole Internet "
+        "can reach it. Fix: set it to this host's address on the private network, such as 10.0.0.12; to listen "
+        "there on purpose, set preflight_public_address_acknowledged: true." % name]
+    assert not [w for w in warnings(host_changes={"app1": {name: "9.9.9.9"}}) if "public" in w]
+
+
+@pytest.mark.parametrize("where", ["inventory", "role"])
+def test_a_stated_public_address_acknowledged_warns_and_goes_on(where):
+    changes = {PUBLIC_ACK: True} if where == "inventory" else {}
+    settings = {"public_address_acknowledged": True} if where == "role" else {}
+    hosts = {"app1": {"matcraft_private_address": "9.9.9.9"}}
+    assert problems(changes, host_changes=hosts, settings=settings) == []
+    assert [w for w in warnings(changes, host_changes=hosts, settings=settings) if "public" in w] == [
+        "matcraft_private_address on host app1: '9.9.9.9' is a public address; "
+        "preflight_public_address_acknowledged is true, so the run goes on and the service listens there. Fix: use "
+        "this host's private address, such as 10.0.0.12."]
+
+
+def test_the_role_default_of_the_public_acknowledgement_is_false():
+    assert PREFLIGHT_DEFAULTS[PUBLIC_ACK] is False
+    assert p.DEFAULT_SETTINGS["public_address_acknowledged"] is False

@@ -42,6 +42,8 @@ CASES = [
     ("os-unsupported", {"preflight_supported_os": {"Ubuntu": ["24"]}}, "runs Debian 12, which is not supported"),
     ("resources-strict", {"matcraft_tier": "medium", "preflight_group_min_hosts_by_tier": {"medium": {}},
                           "preflight_resources_strict": True}, "smaller than the medium tier's specification"),
+    ("listen-public", {"matcraft_private_address": "9.9.9.9"},
+     "matcraft_private_address: '9.9.9.9' is a public address, so the service would listen where the whole Internet"),
     ("backup-cipher-shared", {"matcraft_pgbackrest_cipher_pass": GOOD["matcraft_db_password"]},
      "matcraft_db_password, matcraft_pgbackrest_cipher_pass: share one value"),
 ]
