@@ -194,24 +194,106 @@ def test_backup_timer_runs_on_the_backup_host_only():
     assert "matcraft-pgbackrest" not in listed.stdout, listed.stdout
 
 
+GATE = "/usr/local/lib/matcraft/pgbackrest-ssh-gate"
+SSH = "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes"
+DATA_DIR = "/var/lib/postgresql/15/main"
+
+
+def ssh_as(name, user, target, command):
+    """Run command over SSH from name as user (the pgBackRest key) on target."""
+    return peer(name).run("runuser -u %s -- " + SSH + " %s %s", user, target, command)
+
+
+def assert_refused(got, what):
+    assert got.rc != 0, "%s was run: rc %d\n%s" % (what, got.rc, got.stdout)
+    assert "pgbackrest-ssh-gate: refused:" in got.stderr, "%s: %s %s" % (what, got.stdout, got.stderr)
+    assert got.stdout == "", "%s printed: %s" % (what, got.stdout)
+
+
+def repository_listing():
+    """Every path of the backup host's repository with its size and time (sorted)."""
+    return peer("br-backup").check_output("find %s -printf '%%p %%s %%T@\\n' | sort", LOCAL_REPO)
+
+
 def test_ssh_trust_is_restricted_and_host_keys_are_pinned():
     db, backup = peer("br-db"), peer("br-backup")
     db_address, backup_address = address_of(db), address_of(backup)
-    for host, path, source in ((db, "/var/lib/postgresql/.ssh/authorized_keys", backup_address),
-                               (backup, "/home/pgbackrest/.ssh/authorized_keys", db_address)):
+    gates = {
+        "br-db": '%s --stanza=matcraft --remote-type=pg --pg-path=%s --pg-socket-path=/var/run/postgresql '
+                 '--pg-port=5432' % (GATE, DATA_DIR),
+        "br-backup": "%s --stanza=matcraft --remote-type=repo --repo-path=%s --pg-path=%s "
+                     "--pg-path=/var/lib/postgresql/restore-drill/data" % (GATE, LOCAL_REPO, DATA_DIR),
+    }
+    for name, host, path, source in (("br-db", db, "/var/lib/postgresql/.ssh/authorized_keys", backup_address),
+                                     ("br-backup", backup, "/home/pgbackrest/.ssh/authorized_keys", db_address)):
         keys = [line for line in host.file(path).content_string.splitlines() if line and not line.startswith("#")]
-        assert keys and all(line.startswith('restrict,from="%s" ssh-ed25519 ' % source) for line in keys), keys
-    strict = "-o BatchMode=yes -o StrictHostKeyChecking=yes"
-    there = db.run("runuser -u postgres -- ssh %s pgbackrest@%s true" % (strict, backup_address))
-    assert there.rc == 0, there.stderr
-    back = backup.run("runuser -u pgbackrest -- ssh %s postgres@%s true" % (strict, db_address))
-    assert back.rc == 0, back.stderr
+        prefix = 'restrict,from="%s",command="%s" ssh-ed25519 ' % (source, gates[name])
+        assert keys and all(line.startswith(prefix) for line in keys), keys
+        gate = host.file(GATE)
+        assert gate.user == "root" and gate.group == "root" and gate.mode == 0o755, gate
+    # The key logs in (strict host key checking, no prompt) and lands in the gate.
+    assert_refused(ssh_as("br-db", "postgres", "pgbackrest@" + backup_address, "true"), "true on the backup host")
+    assert_refused(ssh_as("br-backup", "pgbackrest", "postgres@" + db_address, "true"), "true on the database host")
     # restrict: no terminal for the peer's key
-    pty = db.run("runuser -u postgres -- ssh -tt %s pgbackrest@%s tty" % (strict, backup_address))
+    pty = db.run("runuser -u postgres -- %s -tt pgbackrest@%s tty" % (SSH, backup_address))
     assert "PTY allocation request failed" in pty.stderr, pty.stdout + pty.stderr
     # nothing turns host key checking off
     relaxed = db.run("grep -rsi 'StrictHostKeyChecking *no' /etc/ssh /var/lib/postgresql/.ssh")
     assert relaxed.rc == 1, relaxed.stdout
+
+
+def test_the_database_host_cannot_run_commands_on_the_backup_host():
+    """As postgres on br-db, with the key pgBackRest uses: no shell, no file, no deleting
+    command reaches the backup host; the repository is untouched and still works."""
+    backup = peer("br-backup")
+    target = "pgbackrest@" + address_of(backup)
+    before = repository_listing()
+    assert "/backup/matcraft/backup.info" in before, before
+    remote = ("pgbackrest --exec-id=1-ab --log-level-console=off --log-level-stderr=error --process=0 "
+              "--remote-type=repo --repo=1 --repo1-path=%s --stanza=matcraft" % LOCAL_REPO)
+    for command in ("rm -rf %s" % LOCAL_REPO,
+                    "sh -c id",
+                    "cat /etc/pgbackrest/pgbackrest.conf",
+                    "/bin/bash -i",
+                    remote + " archive-push:remote; rm -rf " + LOCAL_REPO,
+                    remote + " archive-push:remote && rm -rf " + LOCAL_REPO,
+                    remote + " repo-rm:remote",
+                    remote + " stanza-delete:remote",
+                    remote.replace("--remote-type=repo", "--remote-type=pg") + " backup:remote",
+                    remote.replace("--repo1-path=" + LOCAL_REPO, "--repo1-path=/home") + " archive-push:remote",
+                    remote + " --config=/tmp/other.conf archive-push:remote"):
+        assert_refused(ssh_as("br-db", "postgres", target, command), command)
+    # pgBackRest's own deleting command, run on the database host, is refused at the gate too.
+    rm = peer("br-db").run("runuser -u postgres -- pgbackrest --stanza=%s --recurse repo-rm backup", STANZA)
+    assert rm.rc != 0, rm.stdout
+    assert repository_listing() == before
+    stanza = info("br-backup", "pgbackrest")
+    assert stanza["status"]["code"] == 0, stanza["status"]
+    # Each refusal is in the backup host's journal, without the command's words.
+    logged = backup.run("journalctl -t pgbackrest-ssh-gate --no-pager -o cat")
+    refusals = [line for line in logged.stdout.splitlines() if line.startswith("refused a request of ")]
+    assert len(refusals) >= 12, logged.stdout
+    assert "pgbackrest.conf" not in logged.stdout and "rm -rf" not in logged.stdout, logged.stdout
+
+
+def test_the_backup_host_cannot_run_sql_or_commands_on_the_database_host():
+    """As pgbackrest on br-backup, with the key pgBackRest uses: no psql, no shell, no
+    remote of the wrong type or with another configuration on the database host."""
+    target = "postgres@" + address_of(peer("br-db"))
+    remote = ("pgbackrest --exec-id=1-ab --log-level-console=off --log-level-stderr=error --pg1-path=%s "
+              "--pg1-port=5432 --pg1-socket-path=/var/run/postgresql --process=0 --remote-type=pg "
+              "--stanza=matcraft" % DATA_DIR)
+    for command in ("psql -c 'select 1'",
+                    "id",
+                    "sh -c 'psql -Atc \"select 1\"'",
+                    remote + " backup:remote; psql -c 'select 1'",
+                    remote.replace("--remote-type=pg", "--remote-type=repo") + " archive-push:remote",
+                    remote.replace("--pg1-path=" + DATA_DIR, "--pg1-path=/tmp") + " backup:remote",
+                    remote + " --config-path=/tmp backup:remote",
+                    ""):
+        assert_refused(ssh_as("br-backup", "pgbackrest", target, command), command or "an empty command")
+    logged = peer("br-db").run("journalctl -t pgbackrest-ssh-gate --no-pager -o cat")
+    assert "select 1" not in logged.stdout and "refused a request of " in logged.stdout, logged.stdout
 
 
 def test_wal_archiving_reaches_the_backup_host():
@@ -320,6 +402,25 @@ def test_object_store_repository_is_encrypted():
     assert clear == [], "objects of the bucket that are not encrypted: %s" % clear
     check = pgbackrest("br-db-s3", "postgres", "check")
     assert check.rc == 0, check.stdout + check.stderr
+
+
+def test_the_object_store_backups_are_not_expired_from_the_database_host():
+    """br-db-s3 has postgresql_pgbackrest_expire_auto: false (in production: an S3 key
+    without s3:DeleteObject): expire-auto=n, so its backups delete nothing from the bucket,
+    even with a retention that older backups are past. Expiry is `pgbackrest expire`, run
+    from another host with a full key."""
+    content = peer("br-db-s3").check_output("cat /etc/pgbackrest/pgbackrest.conf")
+    assert "\nexpire-auto=n\n" in content, content
+    fulls_before = [b["label"] for b in info("br-db-s3", "postgres")["backup"] if b["type"] == "full"]
+    assert len(fulls_before) >= 2, fulls_before
+    keys_before = set(s3_keys("matcraft/"))
+    run = pgbackrest("br-db-s3", "postgres", "--type=full", "--repo1-retention-full-type=count",
+                     "--repo1-retention-full=1", "backup")
+    assert run.rc == 0, run.stdout + run.stderr
+    fulls_after = [b["label"] for b in info("br-db-s3", "postgres")["backup"] if b["type"] == "full"]
+    assert fulls_after[:-1] == fulls_before and len(fulls_after) == len(fulls_before) + 1, (fulls_before, fulls_after)
+    missing = keys_before - set(s3_keys("matcraft/"))
+    assert not missing, "objects removed by a backup of the database host: %s" % sorted(missing)[:20]
 
 
 def test_restore_latest_from_the_object_store_after_losing_the_data():
