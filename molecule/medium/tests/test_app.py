@@ -166,6 +166,12 @@ def test_migrations_ran_once_on_the_designated_host():
         assert upgrades(name) == "0", "%s ran the migrations" % name
     current = peer("medium-api1").run("matcraft-manage materia db current")
     assert current.rc == 0 and "(head)" in current.stdout, current.stderr
+    # They ran as the database owner, whose client certificate only the migration host has.
+    assert peer("medium-api1").file("/etc/matcraft/database-owner/client.key").exists
+    for name in ("medium-api2",) + WORKER_HOSTS:
+        assert not peer(name).file("/etc/matcraft/database-owner").exists, name
+    refused = peer("medium-api2").run("matcraft-manage --database-owner materia db current")
+    assert refused.rc == 2 and "run this on the API's migration host" in refused.stderr, refused.stderr
 
 
 # --------------------------------------------------------------------------- network and health

@@ -4,6 +4,7 @@ and a restore drill through playbooks/restore_drill.yml.
 
 Tests run in file order: the restore tests build on each other."""
 
+import hashlib
 import json
 import os
 import subprocess
@@ -11,13 +12,19 @@ import tempfile
 import time
 
 import pytest
+import yaml
 
 from helpers import address_of, peer, probe_tcp
 
 PROJECT = os.environ.get("MOLECULE_PROJECT_DIRECTORY", os.getcwd())
 PLAYBOOKS = os.path.join(PROJECT, "playbooks")
 ARCHIVE_TIMEOUT = 60
-TLS = "sslmode=verify-full sslrootcert=/etc/matcraft/pki/ca.crt host=pg-db dbname=matcraft user=matcraft connect_timeout=5"
+PASSWORD = yaml.safe_load(open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                           "group_vars", "all.yml")))["matcraft_db_password"]
+# The application's login role for its password (matcraft.deploy.db_login_name).
+LOGIN = "matcraft_" + hashlib.sha256(("matcraft:" + PASSWORD).encode()).hexdigest()[:10]
+OWNER_TLS = "sslmode=verify-full sslrootcert=/etc/matcraft/pki/ca.crt host=pg-db dbname=matcraft connect_timeout=5 user="
+TLS = OWNER_TLS + LOGIN
 
 
 def db():
@@ -98,16 +105,57 @@ def test_role_alone_on_the_database_host_changes_nothing():
 
 def test_app_user_connects_with_tls_and_is_not_superuser():
     app = peer("pg-app")
-    got = app_psql(app, TLS, "SELECT ssl, current_user, (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) "
-                              "FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+    # (TLS: pg_hba.conf has hostssl lines only, and the next test is refused without it. The
+    # session's own row of pg_stat_ssl is hidden from it now: it acts as the runtime role, which
+    # is not a member of the login role.)
+    got = app_psql(app, TLS, "SELECT session_user = %s, current_user, "
+                             "(SELECT rolsuper FROM pg_roles WHERE rolname = session_user)" % ("'%s'" % LOGIN))
     assert got.rc == 0, got.stderr
-    assert got.stdout.strip() == "t|matcraft|f"
-    # The application owns the database and its public schema.
+    # The login role's sessions act as the runtime role.
+    assert got.stdout.strip() == "t|matcraft_runtime|f"
+    # The owner role owns the database and its public schema.
     assert sql("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'matcraft'") == "matcraft"
-    created = app_psql(app, TLS, "CREATE TABLE IF NOT EXISTS tls_probe (id int); SELECT 'ok'")
-    assert created.rc == 0 and created.stdout.strip().endswith("ok"), created.stderr
+    assert sql("SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'public'") == "matcraft"
     escalate = app_psql(app, TLS, "ALTER ROLE matcraft SUPERUSER")
     assert escalate.rc != 0 and ("superuser" in escalate.stderr or "permission denied" in escalate.stderr), escalate.stderr
+
+
+def test_the_runtime_role_has_data_rights_and_no_ddl():
+    """Security issue item 9: the application's role reads and writes the owner's tables,
+    including a table the owner creates after the role ran (default privileges), and is
+    refused every schema change: CREATE, ALTER, DROP, TRUNCATE, and taking the owner role."""
+    app = peer("pg-app")
+    sql("SET ROLE matcraft; CREATE TABLE IF NOT EXISTS runtime_probe (id serial PRIMARY KEY, note text)")
+    assert sql("SELECT tableowner FROM pg_tables WHERE tablename = 'runtime_probe'") == "matcraft"
+    wrote = app_psql(app, TLS, "INSERT INTO runtime_probe (note) VALUES ('x') RETURNING id > 0; "
+                               "UPDATE runtime_probe SET note = 'y'; DELETE FROM runtime_probe; SELECT 'ok'")
+    assert wrote.rc == 0 and wrote.stdout.strip().endswith("ok"), wrote.stderr
+    for statement, refusal in (
+            ("CREATE TABLE ddl_probe (id int)", "permission denied for schema public"),
+            ("ALTER TABLE runtime_probe ADD COLUMN extra int", "must be owner of table runtime_probe"),
+            ("DROP TABLE runtime_probe", "must be owner of table runtime_probe"),
+            ("TRUNCATE runtime_probe", "permission denied for table runtime_probe"),
+            ("CREATE INDEX ddl_probe_idx ON runtime_probe (note)", "must be owner of table runtime_probe"),
+            ("SET ROLE matcraft", "permission denied to set role"),
+    ):
+        refused = app_psql(app, TLS, statement)
+        assert refused.rc != 0 and refusal in refused.stderr, (statement, refused.stderr)
+    assert sql("SELECT count(*) FROM pg_tables WHERE tablename = 'ddl_probe'") == "0"
+    assert sql("SELECT count(*) FROM information_schema.columns WHERE table_name = 'runtime_probe'") == "2"
+
+
+def test_the_owner_has_no_password_login():
+    """The owner logs in with its client certificate only (the migrations, from the API
+    hosts): the application's password, which earlier releases gave it too, opens nothing,
+    and without a certificate the server refuses it."""
+    assert sql("SELECT rolpassword IS NULL FROM pg_authid WHERE rolname = 'matcraft'", "postgres") == "t"
+    refused = app_psql(peer("pg-app"), OWNER_TLS + "matcraft", "SELECT 1")
+    assert refused.rc != 0, refused.stdout
+    assert 'certificate authentication failed for user "matcraft"' in refused.stderr \
+        or "connection requires a valid client certificate" in refused.stderr, refused.stderr
+    # The pg_hba.conf line: certificate, from the API hosts only.
+    hba = db().file("/etc/postgresql/15/main/pg_hba.conf").content_string
+    assert "hostssl    matcraft       matcraft           %s/32    cert" % address_of(peer("pg-app")) in hba, hba
 
 
 def test_app_user_refused_without_tls():

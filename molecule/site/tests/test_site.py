@@ -172,6 +172,58 @@ def test_no_secret_in_a_world_readable_file():
                 assert not readable, "%s: a secret in world-readable %s" % (name, readable)
 
 
+# Runs in the API's sandbox user's place: the application's own DATABASE_URL (read from its
+# environment file by root inside the container, never on a command line) tries each statement.
+_RUNTIME_DDL_PROBE = """
+import json, sys, psycopg
+url = [line.split("=", 1)[1].strip().strip('"') for line in open("/etc/matcraft/matcraft.env")
+       if line.startswith("DATABASE_URL=")][0]
+results = {}
+for statement in json.load(sys.stdin):
+    try:
+        with psycopg.connect(url, connect_timeout=5, autocommit=True) as conn:
+            conn.execute(statement)
+        results[statement] = "done"
+    except psycopg.Error as exc:
+        results[statement] = type(exc).__name__ + ": " + str(exc).splitlines()[0]
+print(json.dumps(results))
+"""
+
+
+def test_the_application_cannot_change_the_schema_and_the_migrations_ran_as_the_owner():
+    """Security issue item 9: every table the migrations made belongs to the owner role, which
+    logged in with its client certificate from the migration host; the API's own database login
+    (the runtime role) reads and writes but is refused every DDL statement. The owner's key is
+    readable by root and the migration command's group only, not by the services' user."""
+    db, api = peer("site-db1"), peer("site-api1")
+    owners = db.run("runuser -u postgres -- psql -XAtq -d matcraft -c %s",
+                    "SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'")
+    assert owners.rc == 0 and owners.stdout.split() == ["matcraft"], owners.stdout + owners.stderr
+    statements = ["SELECT count(*) FROM campaigns", "CREATE TABLE ddl_probe (id int)",
+                  "DROP TABLE campaigns", "ALTER TABLE campaigns ADD COLUMN ddl_probe int",
+                  "TRUNCATE campaigns", "SET ROLE matcraft"]
+    probe = _in_container("site-api1", ["/opt/matcraft/current/venv/bin/python", "-c", _RUNTIME_DDL_PROBE],
+                          json.dumps(statements))
+    assert probe.returncode == 0, probe.stderr
+    results = json.loads(probe.stdout)
+    assert results["SELECT count(*) FROM campaigns"] == "done"
+    assert results["CREATE TABLE ddl_probe (id int)"].startswith("InsufficientPrivilege"), results
+    for statement in statements[2:]:
+        assert results[statement].startswith("InsufficientPrivilege"), results
+    key = api.file("/etc/matcraft/database-owner/client.key")
+    assert (key.user, key.group, key.mode) == ("root", "matcraft-db-owner", 0o640)
+    assert "matcraft-db-owner" not in api.run("id -nG matcraft").stdout.split()
+    assert api.run("runuser -u matcraft -- cat /etc/matcraft/database-owner/client.key").rc != 0
+    # The certificate proves the owner's name to PostgreSQL (cert method) and nothing else.
+    subject = api.run("openssl x509 -noout -subject -ext extendedKeyUsage -in "
+                      "/etc/matcraft/database-owner/client.crt")
+    assert "CN = matcraft" in subject.stdout and "TLS Web Client Authentication" in subject.stdout, subject.stdout
+    assert "Server Authentication" not in subject.stdout
+    # The migration command itself connects as the owner: it reads the schema as the owner.
+    who = api.run("%s --database-owner materia db current", "/usr/local/sbin/matcraft-manage")
+    assert who.rc == 0 and "(head)" in who.stdout, who.stdout + who.stderr
+
+
 # --------------------------------------------------------------------------- the verify playbook
 
 
@@ -837,11 +889,17 @@ def test_rotating_every_secret_keeps_every_request_working(tmp_path):
     db = peer("site-db1").run("runuser -u postgres -- psql -d matcraft -Atc %s",
                               "SELECT string_agg(r.rolname, ',' ORDER BY r.rolname) FROM pg_auth_members m "
                               "JOIN pg_roles r ON r.oid = m.member JOIN pg_roles g ON g.oid = m.roleid "
-                              "WHERE g.rolname = 'matcraft'")
+                              "WHERE g.rolname = 'matcraft_runtime'")
     assert db.stdout.strip() == _db_login(new["matcraft_db_password"]), db.stdout + db.stderr
+    owner_members = peer("site-db1").run("runuser -u postgres -- psql -d matcraft -Atc %s",
+                                         "SELECT count(*) FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
+                                         "WHERE g.rolname = 'matcraft'")
+    assert owner_members.stdout.strip() == "0", owner_members.stdout + owner_members.stderr
     assert _database_login_works(_db_login(new["matcraft_db_password"]), new["matcraft_db_password"])
     assert not _database_login_works(_db_login(SECRETS["matcraft_db_password"]), SECRETS["matcraft_db_password"])
+    # The owner has no password at all (it logs in with its certificate only).
     assert not _database_login_works("matcraft", SECRETS["matcraft_db_password"])
+    assert not _database_login_works("matcraft", new["matcraft_db_password"])
     assert _redis_login_works(new["matcraft_redis_password"])
     assert not _redis_login_works(SECRETS["matcraft_redis_password"])
     assert monitor.run("openssl x509 -noout -fingerprint -sha256 -in /etc/matcraft/pki/ca.crt").stdout == ca_before
