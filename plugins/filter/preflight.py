@@ -9,6 +9,11 @@ preflight_warnings   hostvars, play hosts, settings, groups -> warnings (SSH ope
                      or an unencrypted backup repository on purpose, unknown variables, typos,
                      removed variables)
 preflight_known_variables  the variable names the collection's roles declare
+preflight_host_problems  one host's facts, name, groups, settings -> {problems, warnings}:
+                     an operating system not supported (or untested: a warning), a host
+                     smaller than its tier's specification (a warning, or a problem when strict)
+preflight_secret_problems  the secrets (name -> value) -> one message per weak, placeholder or
+                     shared secret, naming it, never its value
 
 Every check reads only what the inventory sets (group_vars, host_vars, extra
 vars: hostvars hold no role defaults); an unset variable keeps its role
@@ -22,11 +27,14 @@ import difflib
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 
 try:
-    from ansible_collections.matcraft.deploy.plugins.filter.matcraft import fqdn_problem, origin_problem, secret_problem
+    from ansible_collections.matcraft.deploy.plugins.filter.matcraft import (
+        duplicate_secrets, fqdn_problem, origin_problem, secret_problem)
 except ImportError:  # unit tests: plugins/filter is on sys.path
-    from matcraft import fqdn_problem, origin_problem, secret_problem  # type: ignore[no-redef]
+    from matcraft import (  # type: ignore[no-redef]
+        duplicate_secrets, fqdn_problem, origin_problem, secret_problem)
 
 try:
     from jinja2 import Undefined
@@ -1120,6 +1128,143 @@ def preflight_warnings(hostvars, hosts, known=None, settings=None, groups=None):
     return warnings
 
 
+# --- One host: its operating system and its size (the facts) ------------------------------
+HOST_SETTINGS = {
+    # The preflight role's preflight_check_os, _supported_os, _untested_os, _check_resources,
+    # _resources_strict, _tier_specs, _memory_tolerance_mb and the host's matcraft_tier.
+    "check_os": True,
+    "supported_os": {},
+    "untested_os": {},
+    "check_resources": True,
+    "resources_strict": False,
+    "tier": "small",
+    "tier_specs": {},
+    "memory_tolerance_mb": 256,
+}
+
+
+def _os_versions(systems, dist):
+    """The major versions systems (distribution -> versions) lists for dist, as strings."""
+    return [str(version) for version in systems[dist]] if dist in systems else []
+
+
+def _os_list(systems, separator):
+    """'Debian 12, Ubuntu 22/24': each distribution with its major versions."""
+    return separator.join("%s %s" % (dist, "/".join(str(v) for v in versions)) for dist, versions in systems.items())
+
+
+def _os_messages(facts, host, supported, untested):
+    """(problems, warnings) of the host's operating system."""
+    dist = facts.get("distribution", "unknown")
+    major = str(facts.get("distribution_major_version", "?"))
+    if major in _os_versions(untested, dist) and major not in _os_versions(supported, dist):
+        return [], ["host %s: runs %s %s, which the roles are written for but no test of this collection runs on "
+                    "(tested: %s). Run the Molecule scenarios on it first (docs/testing.md), or use a tested system."
+                    % (host, dist, major, _os_list(supported, ", "))]
+    if major not in _os_versions(supported, dist):
+        return ["host %s: runs %s %s, which is not supported. Fix: use %s (preflight_supported_os lists them)."
+                % (host, dist, major, _os_list(supported, " or "))], []
+    return [], []
+
+
+def _shortfalls(facts, spec, tolerance_mb):
+    """What the host lacks of one group's specification: ['1 vCPU < 2', ...]."""
+    short = []
+    vcpus = facts.get("processor_vcpus", 0)
+    if "vcpus" in spec and vcpus < spec["vcpus"]:
+        short.append("%s vCPU < %s" % (vcpus, spec["vcpus"]))
+    memory = facts.get("memtotal_mb", 0)
+    if "memory_mb" in spec and memory + tolerance_mb < spec["memory_mb"]:
+        short.append("%s MiB RAM < %s" % (memory, spec["memory_mb"]))
+    if "disk_gb" in spec:
+        # The biggest file system stands for the data disk.
+        biggest = max((mount.get("size_total", 0) for mount in facts.get("mounts") or []), default=0)
+        if biggest / 1000000000 < spec["disk_gb"] * 0.95:
+            short.append("%d GB disk < %s" % (int(round(biggest / 1000000000, 0)), spec["disk_gb"]))
+    return short
+
+
+def preflight_host_problems(facts, host, group_names, settings=None):
+    """The checks of one host's facts: {"problems": [...], "warnings": [...]}.
+
+    facts: the host's ansible_facts (distribution, distribution_major_version,
+    processor_vcpus, memtotal_mb, mounts); host: its inventory_hostname; group_names:
+    its groups; settings: check_os, supported_os and untested_os (distribution ->
+    major versions), check_resources, resources_strict, tier (the host's
+    matcraft_tier), tier_specs (tier -> group -> vcpus, memory_mb, disk_gb) and
+    memory_tolerance_mb, as the preflight role's variables of those names say.
+
+    A system listed in untested_os and not in supported_os is a warning; any other
+    system not in supported_os is a problem. A host smaller than the specification
+    of its tier for one of its groups is a warning, or a problem when
+    resources_strict is true.
+    """
+    config = dict(HOST_SETTINGS)
+    config.update(settings or {})
+    facts = facts if isinstance(facts, Mapping) else {}
+    problems, warnings = [], []
+    if _truthy(config["check_os"]):
+        found, warned = _os_messages(facts, host, config["supported_os"] or {}, config["untested_os"] or {})
+        problems += found
+        warnings += warned
+    tier = config["tier"]
+    specs = config["tier_specs"] or {}
+    if _truthy(config["check_resources"]) and tier in specs:
+        for group in group_names or []:
+            if group not in specs[tier]:
+                continue
+            short = _shortfalls(facts, specs[tier][group], config["memory_tolerance_mb"])
+            if not short:
+                continue
+            message = ("host %s (%s): smaller than the %s tier's specification (%s). Fix: resize the host, choose a "
+                       "smaller matcraft_tier, or set preflight_resources_strict: false to only warn."
+                       % (host, group, tier, ", ".join(short)))
+            (problems if _truthy(config["resources_strict"]) else warnings).append(message)
+    return {"problems": problems, "warnings": warnings}
+
+
+# --- Secrets (names only, never values) ----------------------------------------------------
+SECRET_FIX = ("Fix: generate one with `openssl rand -hex 32` (or playbooks/secrets.yml) and keep it in the vault "
+              "file of this environment only.")
+
+
+def preflight_secret_problems(hex_secrets, required, optional=None, custom=None, cipher_pass="", min_bytes=32):
+    """The problems of the secrets: one message per weak secret, naming it, never its value.
+
+    hex_secrets: name -> value of the secrets that must be hex strings of min_bytes
+    bytes (preflight_hex_secrets); required: name -> value of the secrets that must be
+    set and strong (preflight_secrets_default), custom: more of them
+    (preflight_secrets_custom, which wins over required on a shared name); optional:
+    name -> value of the secrets checked when set (preflight_optional_secrets_default);
+    cipher_pass: matcraft_pgbackrest_cipher_pass (its presence and strength are checked
+    per database host by preflight_problems; here it only joins the check that no two
+    secrets share a value); min_bytes: preflight_secret_min_bytes.
+    """
+    hex_secrets = dict(hex_secrets or {})
+    required = dict(required or {})
+    required.update(custom or {})
+    optional = dict(optional or {})
+    problems = []
+    for name, value in hex_secrets.items():
+        why = secret_problem(value, min_bytes, True)
+        if why:
+            problems.append("%s: %s (the production guide asks for a cryptographically random %s-byte hex string). "
+                            "%s" % (name, why, min_bytes, SECRET_FIX))
+    for name, value in list(required.items()) + [(n, v) for n, v in optional.items() if v]:
+        why = secret_problem(value, min_bytes)
+        if why:
+            problems.append("%s: %s. %s" % (name, why, SECRET_FIX))
+    every = dict(hex_secrets)
+    every.update(required)
+    every.update(optional)
+    every[CIPHER_SECRET] = cipher_pass
+    dupes = duplicate_secrets(every)
+    if dupes:
+        problems.append("%s: share one value; every secret must be different. Fix: generate a separate random "
+                        "value for each." % ", ".join(dupes))
+    return problems
+
+
 class FilterModule(object):
     """matcraft.deploy preflight filters."""
 
@@ -1128,4 +1273,6 @@ class FilterModule(object):
             "preflight_problems": preflight_problems,
             "preflight_warnings": preflight_warnings,
             "preflight_known_variables": preflight_known_variables,
+            "preflight_host_problems": preflight_host_problems,
+            "preflight_secret_problems": preflight_secret_problems,
         }

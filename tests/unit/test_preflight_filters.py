@@ -7,6 +7,7 @@ import copy
 import glob
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -830,8 +831,11 @@ def test_a_local_repository_encrypted_by_the_inventory_keeps_its_cipher():
 
 
 def test_the_passphrase_joins_the_duplicate_check():
-    template = open(os.path.join(ROOT, "roles", "preflight", "templates", "secret_problems.j2")).read()
-    assert "'matcraft_pgbackrest_cipher_pass': matcraft_pgbackrest_cipher_pass | default('')" in template
+    tasks = open(os.path.join(ROOT, "roles", "preflight", "tasks", "main.yml")).read()
+    assert "cipher_pass=matcraft_pgbackrest_cipher_pass | default('')" in tasks
+    assert p.preflight_secret_problems({}, {"matcraft_db_password": CIPHER}, cipher_pass=CIPHER) == [
+        "matcraft_db_password, matcraft_pgbackrest_cipher_pass: share one value; every secret must be different. "
+        "Fix: generate a separate random value for each."]
     assert "matcraft_pgbackrest_cipher_pass" in p.MATCRAFT_INPUTS
     assert PREFLIGHT_DEFAULTS[BACKUP_ACK] is False
 
@@ -924,3 +928,343 @@ def test_a_stated_public_address_acknowledged_warns_and_goes_on(where):
 def test_the_role_default_of_the_public_acknowledgement_is_false():
     assert PREFLIGHT_DEFAULTS[PUBLIC_ACK] is False
     assert p.DEFAULT_SETTINGS["public_address_acknowledged"] is False
+
+
+# --- One host's facts: operating system and size (preflight_host_problems) ---------------------
+HOST_SETTINGS = {
+    "check_os": True,
+    "supported_os": PREFLIGHT_DEFAULTS["preflight_supported_os"],
+    "untested_os": PREFLIGHT_DEFAULTS["preflight_untested_os"],
+    "check_resources": True,
+    "resources_strict": False,
+    "tier": "small",
+    "tier_specs": PREFLIGHT_DEFAULTS["preflight_tier_specs"],
+    "memory_tolerance_mb": PREFLIGHT_DEFAULTS["preflight_memory_tolerance_mb"],
+}
+# A host as big as the small tier asks for its database (2 vCPU, 4 GiB less what the firmware keeps, 60 GB).
+HOST_FACTS = {"distribution": "Debian", "distribution_major_version": "12", "processor_vcpus": 2,
+              "memtotal_mb": 3840, "mounts": [{"mount": "/boot", "size_total": 500000000},
+                                              {"mount": "/", "size_total": 60000000000}]}
+RESOURCES_FIX = ("Fix: resize the host, choose a smaller matcraft_tier, or set preflight_resources_strict: false to "
+                 "only warn.")
+
+
+def host_check(facts=None, groups=("matcraft_database",), **settings):
+    """preflight_host_problems of host db1; facts: changes to HOST_FACTS (DELETE removes one)."""
+    merged = copy.deepcopy(HOST_FACTS)
+    for name, value in (facts or {}).items():
+        if value is DELETE:
+            merged.pop(name, None)
+        else:
+            merged[name] = value
+    return p.preflight_host_problems(merged, "db1", list(groups), dict(HOST_SETTINGS, **settings))
+
+
+def test_a_host_on_a_supported_system_and_of_the_tiers_size_passes():
+    assert host_check() == {"problems": [], "warnings": []}
+    assert host_check(groups=["matcraft_api", "matcraft_database", "matcraft_redis", "matcraft_workers"]) == {
+        "problems": [], "warnings": []}
+
+
+def test_the_filters_are_registered():
+    filters = p.FilterModule().filters()
+    assert filters["preflight_host_problems"] is p.preflight_host_problems
+    assert filters["preflight_secret_problems"] is p.preflight_secret_problems
+
+
+def test_the_checks_moved_out_of_templates():
+    assert not os.path.exists(os.path.join(ROOT, "roles", "preflight", "templates", "host_problems.j2"))
+    assert not os.path.exists(os.path.join(ROOT, "roles", "preflight", "templates", "secret_problems.j2"))
+    tasks = yaml.safe_load(open(os.path.join(ROOT, "roles", "preflight", "tasks", "main.yml")))
+    by_name = {task["name"]: task for task in tasks}
+    secrets = by_name["Check the secrets (names only are ever reported)"]
+    assert secrets["no_log"] is True and secrets["run_once"] is True
+    call = secrets["ansible.builtin.set_fact"]["preflight_secret_problems"]
+    assert "matcraft.deploy.preflight_secret_problems(" in call
+    host = by_name["Check this host"]
+    assert "matcraft.deploy.preflight_host_problems(" in host["ansible.builtin.set_fact"]["preflight_host_result"]
+    assert set(host["vars"]["preflight_host_settings"]) == set(p.HOST_SETTINGS) == set(HOST_SETTINGS)
+
+
+@pytest.mark.parametrize("dist,major,shown", [
+    ("Ubuntu", "20", "Ubuntu 20"), ("Debian", "11", "Debian 11"), ("Rocky", 9, "Rocky 9"),
+    (DELETE, DELETE, "unknown ?"),
+])
+def test_an_unsupported_system_is_a_problem(dist, major, shown):
+    result = host_check({"distribution": dist, "distribution_major_version": major})
+    assert result == {"problems": ["host db1: runs %s, which is not supported. Fix: use Debian 12 "
+                                   "(preflight_supported_os lists them)." % shown], "warnings": []}
+
+
+def test_the_fix_lists_every_supported_system():
+    supported = {"Debian": ["12", 13], "Ubuntu": [24]}
+    result = host_check({"distribution": "Alpine", "distribution_major_version": "3"}, supported_os=supported)
+    assert result["problems"] == ["host db1: runs Alpine 3, which is not supported. Fix: use Debian 12/13 or "
+                                  "Ubuntu 24 (preflight_supported_os lists them)."]
+
+
+@pytest.mark.parametrize("dist,major", [("Debian", "12"), ("Debian", 12), ("Ubuntu", "24")])
+def test_a_supported_system_is_no_problem(dist, major):
+    supported = {"Debian": ["12"], "Ubuntu": [24]}
+    assert host_check({"distribution": dist, "distribution_major_version": major},
+                      supported_os=supported) == {"problems": [], "warnings": []}
+
+
+@pytest.mark.parametrize("dist,major", [("Debian", "13"), ("Ubuntu", "22"), ("Ubuntu", 24)])
+def test_an_untested_system_is_a_warning(dist, major):
+    result = host_check({"distribution": dist, "distribution_major_version": major})
+    assert result == {"problems": [], "warnings": [
+        "host db1: runs %s %s, which the roles are written for but no test of this collection runs on (tested: "
+        "Debian 12). Run the Molecule scenarios on it first (docs/testing.md), or use a tested system."
+        % (dist, major)]}
+
+
+def test_the_warning_lists_every_tested_system_and_a_supported_one_is_never_untested():
+    supported = {"Debian": ["12"], "Ubuntu": ["24"]}
+    result = host_check({"distribution": "Ubuntu", "distribution_major_version": "22"}, supported_os=supported)
+    assert result["warnings"] == [
+        "host db1: runs Ubuntu 22, which the roles are written for but no test of this collection runs on (tested: "
+        "Debian 12, Ubuntu 24). Run the Molecule scenarios on it first (docs/testing.md), or use a tested system."]
+    # Listed as untested and as supported: supported wins.
+    assert host_check({"distribution": "Ubuntu", "distribution_major_version": "24"},
+                      supported_os=supported) == {"problems": [], "warnings": []}
+
+
+@pytest.mark.parametrize("check_os", [False, "false", "no"])
+def test_the_system_is_not_checked_when_switched_off(check_os):
+    for dist, major in (("Ubuntu", "20"), ("Debian", "13")):
+        assert host_check({"distribution": dist, "distribution_major_version": major},
+                          check_os=check_os) == {"problems": [], "warnings": []}
+
+
+@pytest.mark.parametrize("facts,short", [
+    ({"processor_vcpus": 1}, "1 vCPU < 2"),
+    ({"processor_vcpus": DELETE}, "0 vCPU < 2"),
+    ({"memtotal_mb": 3839}, "3839 MiB RAM < 4096"),
+    ({"memtotal_mb": DELETE}, "0 MiB RAM < 4096"),
+    ({"mounts": [{"mount": "/", "size_total": 47499999999}]}, "47 GB disk < 50"),
+    ({"mounts": [{"mount": "/", "size_total": 20600000000}, {"mount": "/boot", "size_total": 1000}]},
+     "21 GB disk < 50"),
+    ({"mounts": []}, "0 GB disk < 50"),
+    ({"mounts": DELETE}, "0 GB disk < 50"),
+    ({"processor_vcpus": 1, "memtotal_mb": 2000, "mounts": [{"size_total": 10000000000}]},
+     "1 vCPU < 2, 2000 MiB RAM < 4096, 10 GB disk < 50"),
+])
+def test_a_host_smaller_than_its_tier_warns(facts, short):
+    message = ("host db1 (matcraft_database): smaller than the small tier's specification (%s). %s"
+               % (short, RESOURCES_FIX))
+    assert host_check(facts) == {"problems": [], "warnings": [message]}
+    # preflight_resources_strict: true makes it a mistake.
+    assert host_check(facts, resources_strict=True) == {"problems": [message], "warnings": []}
+    # preflight_check_resources: false checks nothing.
+    assert host_check(facts, check_resources=False) == {"problems": [], "warnings": []}
+
+
+@pytest.mark.parametrize("facts", [
+    {"processor_vcpus": 2}, {"processor_vcpus": 16},
+    {"memtotal_mb": 3840}, {"memtotal_mb": 65536},
+    {"mounts": [{"mount": "/", "size_total": 47500000000}]},
+    {"mounts": [{"mount": "/boot", "size_total": 1}, {"mount": "/srv", "size_total": 200000000000}]},
+])
+def test_a_host_at_or_above_its_tier_does_not_warn(facts):
+    assert host_check(facts) == {"problems": [], "warnings": []}
+    assert host_check(facts, resources_strict=True) == {"problems": [], "warnings": []}
+
+
+def test_sizes_are_compared_per_group_of_the_host_and_per_tier():
+    small = {"processor_vcpus": 1, "memtotal_mb": 700, "mounts": []}
+    groups = ["matcraft_api", "matcraft_edge", "matcraft_redis"]
+    assert host_check(small, groups=groups)["warnings"] == [
+        "host db1 (matcraft_api): smaller than the small tier's specification (1 vCPU < 2, 700 MiB RAM < 4096). "
+        + RESOURCES_FIX,
+        # The edge has no specification; Redis asks for RAM only.
+        "host db1 (matcraft_redis): smaller than the small tier's specification (700 MiB RAM < 1024). "
+        + RESOURCES_FIX]
+    assert host_check(small, groups=["matcraft_edge"]) == {"problems": [], "warnings": []}
+    assert host_check({"processor_vcpus": 2, "memtotal_mb": 8000}, groups=["matcraft_workers"],
+                      tier="medium")["warnings"] == [
+        "host db1 (matcraft_workers): smaller than the medium tier's specification (2 vCPU < 4). " + RESOURCES_FIX]
+    # A tier without specification (preflight_problems reports an unknown tier) checks no size.
+    assert host_check(small, tier="large") == {"problems": [], "warnings": []}
+
+
+def test_the_memory_tolerance_is_a_setting():
+    assert host_check({"memtotal_mb": 4000}, memory_tolerance_mb=0)["warnings"] == [
+        "host db1 (matcraft_database): smaller than the small tier's specification (4000 MiB RAM < 4096). "
+        + RESOURCES_FIX]
+    assert host_check({"memtotal_mb": 4000}, memory_tolerance_mb=96)["warnings"] == []
+
+
+def test_os_and_size_messages_come_together():
+    result = host_check({"distribution": "Ubuntu", "distribution_major_version": "20", "processor_vcpus": 1},
+                        resources_strict=True)
+    assert result == {"problems": [
+        "host db1: runs Ubuntu 20, which is not supported. Fix: use Debian 12 (preflight_supported_os lists them).",
+        "host db1 (matcraft_database): smaller than the small tier's specification (1 vCPU < 2). " + RESOURCES_FIX],
+        "warnings": []}
+
+
+# --- Secrets (preflight_secret_problems): names only, never values -------------------------------
+def _random(length, alphabet, seed):
+    rng = random.Random(seed)
+    return "".join(rng.choice(alphabet) for _ in range(length))
+
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+GOOD_HEX = _random(64, "0123456789abcdef", 1)
+GOOD_SECRETS = {name: _random(48, LETTERS, seed) for seed, name in enumerate((
+    "matcraft_db_password", "matcraft_redis_password", "matcraft_db_replication_password",
+    "matcraft_db_monitoring_password", "matcraft_redis_exporter_password", "matcraft_grafana_admin_password",
+    "matcraft_monitoring_web_password", "matcraft_pgbackrest_cipher_pass", "matcraft_extra_token"), 10)}
+REQUIRED = ("matcraft_db_password", "matcraft_redis_password")
+OPTIONAL = ("matcraft_db_replication_password", "matcraft_db_monitoring_password", "matcraft_redis_exporter_password",
+            "matcraft_grafana_admin_password", "matcraft_monitoring_web_password")
+SECRET_FIX = ("Fix: generate one with `openssl rand -hex 32` (or playbooks/secrets.yml) and keep it in the vault file "
+              "of this environment only.")
+SHARED = "share one value; every secret must be different. Fix: generate a separate random value for each."
+
+
+def secret_check(changes=None, custom=None, min_bytes=32):
+    """preflight_secret_problems of the role's secrets, all strong and distinct but for changes."""
+    values = dict(GOOD_SECRETS, matcraft_secret_key=GOOD_HEX)
+    values.update(changes or {})
+    found = p.preflight_secret_problems(
+        {"matcraft_secret_key": values["matcraft_secret_key"]},
+        {name: values[name] for name in REQUIRED}, optional={name: values[name] for name in OPTIONAL},
+        custom=custom, cipher_pass=values["matcraft_pgbackrest_cipher_pass"], min_bytes=min_bytes)
+    # No message ever shows a value (every value here is longer than a placeholder word).
+    for value in list(values.values()) + list((custom or {}).values()):
+        if value:
+            assert not [message for message in found if str(value) in message], (value, found)
+    return found
+
+
+def test_strong_distinct_secrets_pass():
+    assert secret_check() == []
+    assert secret_check({name: "" for name in OPTIONAL + ("matcraft_pgbackrest_cipher_pass",)}) == []
+
+
+def test_the_role_defaults_name_the_secrets_the_tests_check():
+    assert list(PREFLIGHT_DEFAULTS["preflight_hex_secrets"]) == ["matcraft_secret_key"]
+    assert tuple(PREFLIGHT_DEFAULTS["preflight_secrets_default"]) == REQUIRED
+    assert tuple(PREFLIGHT_DEFAULTS["preflight_optional_secrets_default"]) == OPTIONAL
+    assert PREFLIGHT_DEFAULTS["preflight_secrets_custom"] == {}
+    assert PREFLIGHT_DEFAULTS["preflight_secret_min_bytes"] == 32
+
+
+HEX_GUIDE = " (the production guide asks for a cryptographically random 32-byte hex string). "
+
+
+@pytest.mark.parametrize("value,why", [
+    ("", "is not set"),
+    (None, "is not set"),
+    ("Z" * 64, "is not a hex string"),
+    (GOOD_SECRETS["matcraft_extra_token"], "is not a hex string"),
+    (GOOD_HEX[:40], "has 40 hex characters; at least 64 (32 bytes) are needed"),
+    ("changeme" + GOOD_HEX, "looks like a placeholder or default (contains 'changeme')"),
+    ("0123456789abcdef" * 4, "looks like a placeholder or default (contains '123456')"),
+    (GOOD_HEX[:58] + "abcdef", "looks like a placeholder or default (contains 'abcdef')"),
+    ("9f8e7d6c" * 8, "repeats too few distinct characters to be random"),
+    (GOOD_HEX[:48] + "9f8e" * 4, "contains a repeated pattern"),
+])
+def test_a_weak_secret_key_is_a_problem(value, why):
+    assert secret_check({"matcraft_secret_key": value}) == ["matcraft_secret_key: " + why + HEX_GUIDE + SECRET_FIX]
+
+
+def test_the_hex_length_follows_the_minimum_bytes():
+    assert secret_check({"matcraft_secret_key": GOOD_HEX[:40]}, min_bytes=20) == []
+    found = secret_check({"matcraft_secret_key": GOOD_HEX}, min_bytes=40)
+    assert [message for message in found if message.startswith("matcraft_secret_key: ")] == [
+        "matcraft_secret_key: has 64 hex characters; at least 80 (40 bytes) are needed (the production guide asks "
+        "for a cryptographically random 40-byte hex string). " + SECRET_FIX]
+
+
+@pytest.mark.parametrize("value,why", [
+    ("", "is not set"),
+    (None, "is not set"),
+    ("s3cr3tP4ssw0rdIsLong", "has 20 characters; at least 32 are needed"),
+    ("Xq7Vb2Lm9Tr4Wz8Kp3Nd6Hs1Yc5Gj0Fa", "carries at most 190 bits of randomness; 32 random bytes are 256 bits "
+                                         "(use at least 39 letters and digits, or 64 hex characters)"),
+    ("vault_" + GOOD_SECRETS["matcraft_extra_token"], "looks like a placeholder or default (contains 'vault_')"),
+    ("Qz" * 24, "repeats too few distinct characters to be random"),
+    ("Ab3dEf9hIj" + "Kq7Kq7Kq7Kq7" * 3, "contains a repeated pattern"),
+])
+@pytest.mark.parametrize("name", REQUIRED)
+def test_a_weak_required_secret_is_a_problem(name, value, why):
+    assert secret_check({name: value}) == ["%s: %s. %s" % (name, why, SECRET_FIX)]
+
+
+@pytest.mark.parametrize("name", OPTIONAL)
+def test_an_optional_secret_is_checked_only_when_set(name):
+    assert secret_check({name: ""}) == []
+    assert secret_check({name: None}) == []
+    assert secret_check({name: "Sh0rtButS3t"}) == [
+        "%s: has 11 characters; at least 32 are needed. %s" % (name, SECRET_FIX)]
+
+
+def test_custom_secrets_are_required_and_win_over_the_defaults():
+    token = GOOD_SECRETS["matcraft_extra_token"]
+    assert secret_check(custom={"matcraft_extra_token": token}) == []
+    assert secret_check(custom={"matcraft_extra_token": ""}) == [
+        "matcraft_extra_token: is not set. " + SECRET_FIX]
+    assert secret_check(custom={"matcraft_extra_token": "tooShort1"}) == [
+        "matcraft_extra_token: has 9 characters; at least 32 are needed. " + SECRET_FIX]
+    # A custom value of a default's name replaces it (combine).
+    assert secret_check({"matcraft_db_password": "tooShort1"}, custom={"matcraft_db_password": token}) == []
+
+
+def test_messages_keep_the_order_hex_required_custom_optional_then_shared():
+    found = secret_check({"matcraft_secret_key": "", "matcraft_redis_password": "",
+                          "matcraft_grafana_admin_password": "tooShort1",
+                          "matcraft_db_monitoring_password": GOOD_SECRETS["matcraft_db_password"]},
+                         custom={"matcraft_extra_token": ""})
+    assert found == [
+        "matcraft_secret_key: is not set" + HEX_GUIDE + SECRET_FIX,
+        "matcraft_redis_password: is not set. " + SECRET_FIX,
+        "matcraft_extra_token: is not set. " + SECRET_FIX,
+        "matcraft_grafana_admin_password: has 9 characters; at least 32 are needed. " + SECRET_FIX,
+        "matcraft_db_monitoring_password, matcraft_db_password: " + SHARED]
+
+
+@pytest.mark.parametrize("changes,names", [
+    ({"matcraft_redis_password": GOOD_SECRETS["matcraft_db_password"]},
+     "matcraft_db_password, matcraft_redis_password"),
+    ({"matcraft_pgbackrest_cipher_pass": GOOD_SECRETS["matcraft_db_password"]},
+     "matcraft_db_password, matcraft_pgbackrest_cipher_pass"),
+    ({"matcraft_secret_key": GOOD_SECRETS["matcraft_grafana_admin_password"]},
+     "matcraft_grafana_admin_password, matcraft_secret_key"),
+    ({"matcraft_db_replication_password": GOOD_SECRETS["matcraft_monitoring_web_password"],
+      "matcraft_redis_exporter_password": GOOD_SECRETS["matcraft_monitoring_web_password"]},
+     "matcraft_db_replication_password, matcraft_monitoring_web_password, matcraft_redis_exporter_password"),
+])
+def test_shared_secrets_are_a_problem(changes, names):
+    found = secret_check(changes)
+    assert found[-1] == names + ": " + SHARED
+    # A hex-only secret shared with a password is also not hex: that is its own message.
+    assert len(found) == (2 if "matcraft_secret_key" in changes else 1)
+
+
+def test_empty_secrets_are_not_shared_values():
+    assert secret_check({"matcraft_db_replication_password": "", "matcraft_db_monitoring_password": "",
+                         "matcraft_pgbackrest_cipher_pass": ""}) == []
+    found = secret_check({"matcraft_db_password": "", "matcraft_redis_password": ""})
+    assert not [message for message in found if SHARED in message]
+
+
+def test_no_secret_value_ever_appears_in_a_message():
+    weak = {
+        "matcraft_secret_key": "Not-Hex-" + GOOD_SECRETS["matcraft_extra_token"],
+        "matcraft_db_password": "Pa55word-Placeholder-Value",
+        "matcraft_redis_password": "Tiny7Redis",
+        "matcraft_db_replication_password": "Xq7Vb2Lm9Tr4Wz8Kp3Nd6Hs1Yc5Gj0Fa",
+        "matcraft_db_monitoring_password": "Tiny7Redis",
+        "matcraft_grafana_admin_password": "Ab3dEf9hIj" + "Kq7Kq7Kq7Kq7" * 3,
+        "matcraft_pgbackrest_cipher_pass": "Tiny7Redis",
+    }
+    found = secret_check(weak, custom={"matcraft_extra_token": "Zz9Zz9Zz9Zz9Zz9"})
+    # One per weak secret (the cipher passphrase is checked per database host) and the shared value.
+    assert len(found) == 8 and found[-1] == ("matcraft_db_monitoring_password, matcraft_pgbackrest_cipher_pass, "
+                                             "matcraft_redis_password: " + SHARED)
+    text = "\n".join(found)
+    for value in list(weak.values()) + ["Zz9Zz9Zz9Zz9Zz9"]:
+        assert value not in text
