@@ -11,6 +11,7 @@ duplicate_secrets  names of secrets that share a value with another one
 bcrypt_hash      a bcrypt hash with a salt derived from a seed (stable across runs)
 db_login_name    the database login role that goes with an owner role and a password
 mask_credentials  text (a journal excerpt) with credentials and the given secrets masked
+url_host         an address as a URL or listen directive writes it (an IPv6 address in brackets)
 """
 
 from __future__ import annotations
@@ -269,6 +270,15 @@ def mask_credentials(text, secrets=None):
     return _ASSIGNED_SECRET.sub(lambda m: m.group(1) + MASK, text)
 
 
+def url_host(address):
+    """``address`` as a URL, a bind or a listen directive writes it: an IPv6 address (any value with
+    a colon) in brackets, anything else (IPv4, a name) as it is; already bracketed stays so."""
+    text = str(address if address is not None else "").strip()
+    if ":" in text and not text.startswith("["):
+        return "[%s]" % text
+    return text
+
+
 class FilterModule(object):
     """matcraft.deploy filters."""
 
@@ -283,4 +293,5 @@ class FilterModule(object):
             "bcrypt_hash": bcrypt_hash,
             "db_login_name": db_login_name,
             "mask_credentials": mask_credentials,
+            "url_host": url_host,
         }

@@ -157,3 +157,12 @@ def test_mask_credentials_hides_given_secrets_urls_and_assignments():
 def test_mask_credentials_leaves_plain_lines():
     line = "gunicorn[42]: [INFO] Booting worker with pid: 43 (GET /health 200)"
     assert f.mask_credentials(line, []) == line
+
+
+def test_url_host_brackets_ipv6_only():
+    assert f.url_host("10.0.0.5") == "10.0.0.5"
+    assert f.url_host("db.matcraft.internal") == "db.matcraft.internal"
+    assert f.url_host("fd00::5") == "[fd00::5]"
+    assert f.url_host("[fd00::5]") == "[fd00::5]"
+    assert f.url_host(" fe80::1 ") == "[fe80::1]"
+    assert f.url_host(None) == ""

@@ -10,9 +10,13 @@ import os
 import pytest
 import yaml
 from ansible.parsing.dataloader import DataLoader
+from ansible.plugins.loader import init_plugin_loader
 from ansible.template import Templar, trust_as_template
 
 from conftest import ROOT
+
+# The collection's own filters (matcraft.deploy.*), as a run finds them.
+init_plugin_loader([os.path.join(ROOT, ".cache", "collections")])
 
 ROLE = os.path.join(ROOT, "roles", "nginx")
 OCSP_URL = "http://ocsp.example-ca.test"
