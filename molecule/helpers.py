@@ -36,9 +36,17 @@ def wait_for(what, check, timeout, interval=1.0):
     pytest.fail("timed out after %ss waiting for %s (last: %r)" % (timeout, what, last))
 
 
-def curl_json(client, method, url, body=None, timeout=10):
-    """(status, parsed JSON or text) of a request sent from the client host with curl."""
+INTERNAL_CA = "/etc/matcraft/pki/ca.crt"
+
+
+def curl_json(client, method, url, body=None, timeout=10, extra=()):
+    """(status, parsed JSON or text) of a request sent from the client host with curl (extra:
+    more curl arguments, such as a client certificate). HTTPS is verified against the pki role's
+    internal CA (no system trust store holds it) unless extra names another --cacert."""
     cmd = ["curl", "-sS", "--max-time", str(timeout), "-o", "/dev/stdout", "-w", "\\n%{http_code}", "-X", method]
+    if url.startswith("https://") and "--cacert" not in extra:
+        cmd += ["--cacert", INTERNAL_CA]
+    cmd += list(extra)
     if body is not None:
         cmd += ["-H", "Content-Type: application/json", "--data", json.dumps(body)]
     result = client.run(" ".join(["%s"] * (len(cmd) + 1)), *cmd, url)

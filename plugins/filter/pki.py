@@ -5,11 +5,14 @@
 
 private_key_opens     index of the first passphrase that opens a private key file (-1: none)
 ca_identity_problems  why this run would replace the CA of a running environment
+pki_host_sans         the subject alternative names of a host certificate within the CA's name constraints
+pki_name_constraints  the permitted subtrees of a CA certificate (PEM), as openssl_csr takes them
 """
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 
 try:
     from ansible.errors import AnsibleFilterError
@@ -108,6 +111,123 @@ def ca_identity_problems(ca, expected_name, hosts_trust, ca_dir, replace=False):
     return problems
 
 
+def _dns_permitted(name, subtrees):
+    """RFC 5280 dNSName constraint: the name itself or a name below it (".x" only below)."""
+    name = name.lower().rstrip(".")
+    for tree in subtrees:
+        tree = tree.lower().rstrip(".")
+        if tree.startswith("."):
+            if name.endswith(tree):
+                return True
+        elif name == tree or name.endswith("." + tree):
+            return True
+    return False
+
+
+def _ip_permitted(address, networks):
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(parsed.version == net.version and parsed in net for net in networks)
+
+
+def _is_address(value):
+    try:
+        ipaddress.ip_address(str(value))
+        return True
+    except ValueError:
+        return False
+
+
+def pki_host_sans(names, permitted=None, required=None, common_name=None):
+    """The subjectAltName entries of a host certificate, within the CA's permitted name constraints.
+
+    ``names``: what the host is called without anyone asking (its inventory name, host
+    name, FQDN) and its private address; names outside the constraints are left out
+    (dropped), since no certificate of the CA could carry them. ``required``: names and
+    addresses someone asked for (pki_extra_sans, pki_group_sans, the private address):
+    outside the constraints each is a problem. ``permitted``: the CA's permitted subtrees
+    ("DNS:<domain>", "IP:<network>", as x509_certificate_info reports them); empty: the
+    CA has no name constraints and every name fits. A constraint type the CA does not
+    list leaves that type free (RFC 5280).
+
+    ``common_name``: the subject's common name wanted (the inventory name). OpenSSL
+    checks a common name of two or more labels against the DNS constraints when the
+    certificate has no DNS name (an address as inventory name, an FQDN outside the
+    constraints): such a name has its dots turned into dashes.
+
+    Returns {"sans": ["DNS:...", "IP:..."], "dropped": [...], "problems": [...],
+    "common_name": ...}.
+    """
+    permitted = [str(p) for p in (permitted or [])]
+    dns_trees = [p[4:] for p in permitted if p.startswith("DNS:")]
+    networks = []
+    for entry in permitted:
+        if entry.startswith("IP:"):
+            try:
+                networks.append(ipaddress.ip_network(entry[3:], strict=False))
+            except ValueError:
+                raise AnsibleFilterError("pki_host_sans: not a network in the CA's constraints: %s" % entry)
+
+    def fits(value):
+        if _is_address(value):
+            return not networks or _ip_permitted(value, networks)
+        return not dns_trees or _dns_permitted(value, dns_trees)
+
+    sans, dropped, problems = [], [], []
+    wanted = [(str(v), True) for v in (required or []) if str(v)] + [(str(v), False) for v in (names or []) if str(v)]
+    seen = set()
+    for value, asked in wanted:
+        key = value.lower()
+        if key in seen:
+            continue
+        seen.add(key)
+        if fits(value):
+            sans.append(("IP:" if _is_address(value) else "DNS:") + value)
+        elif asked:
+            problems.append(value)
+        else:
+            dropped.append(value)
+    # DNS names first, then addresses, as before.
+    sans = [s for s in sans if s.startswith("DNS:")] + [s for s in sans if s.startswith("IP:")]
+    common = str(common_name or "")
+    if "." in common.strip(".") and dns_trees and (_is_address(common) or not _dns_permitted(common, dns_trees)):
+        common = common.strip(".").replace(".", "-")
+    return {"sans": sans, "dropped": dropped, "problems": problems, "common_name": common}
+
+
+def pki_name_constraints(pem):
+    """The permitted subtrees of the CA certificate ``pem`` ("DNS:<domain>", "IP:<network>/<prefix>"),
+    as community.crypto's openssl_csr takes them; [] when it has no name constraints.
+
+    Read so that a CA made before is re-signed with exactly the constraints it has
+    (x509_certificate re-signs a CA whose request differs, and x509_certificate_info
+    does not decode them)."""
+    try:
+        from cryptography import x509
+    except ImportError:
+        raise AnsibleFilterError("pki_name_constraints: the Python package cryptography is missing on the controller")
+    if not pem:
+        return []
+    certificate = x509.load_pem_x509_certificate(str(pem).encode("ascii"))
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return []
+    if constraints.excluded_subtrees:
+        raise AnsibleFilterError("pki_name_constraints: the CA has excluded subtrees, which this collection never makes")
+    permitted = []
+    for name in constraints.permitted_subtrees or []:
+        if isinstance(name, x509.DNSName):
+            permitted.append("DNS:" + name.value)
+        elif isinstance(name, x509.IPAddress):
+            permitted.append("IP:" + str(name.value))
+        else:
+            raise AnsibleFilterError("pki_name_constraints: a permitted subtree this collection never makes: %r" % name)
+    return permitted
+
+
 class FilterModule(object):
     """matcraft.deploy pki filters."""
 
@@ -115,4 +235,6 @@ class FilterModule(object):
         return {
             "private_key_opens": private_key_opens,
             "ca_identity_problems": ca_identity_problems,
+            "pki_host_sans": pki_host_sans,
+            "pki_name_constraints": pki_name_constraints,
         }

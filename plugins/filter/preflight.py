@@ -57,7 +57,7 @@ ROLE_PREFIXES = ("common", "pki", "redis", "postgresql", "app", "api", "worker",
 # The shared inputs of the collection (group_vars/all): the roles' defaults and the
 # playbooks read them; documented in the README, docs/ and the example inventories.
 MATCRAFT_INPUTS = (
-    "matcraft_acme_email", "matcraft_api_tls", "matcraft_api_tls_name", "matcraft_cors_origins",
+    "matcraft_acme_email", "matcraft_api_tls", "matcraft_api_tls_client_auth", "matcraft_api_tls_name", "matcraft_cors_origins",
     "matcraft_db_monitoring_password", "matcraft_db_password", "matcraft_db_replication_password",
     "matcraft_domain", "matcraft_edge_access_log", "matcraft_environment",
     "matcraft_grafana_admin_password", "matcraft_grafana_enabled", "matcraft_monitoring_tls",
@@ -146,7 +146,7 @@ INTEGERS.update({
     "nginx_waf_body_nofiles_limit_kb": (1, 1048576, "KiB", 10240),
     # Certificates.
     "pki_ca_valid_days": (1, 36500, "days", 3650),
-    "pki_cert_valid_days": (1, 3650, "days", 365),
+    "pki_cert_valid_days": (1, 3650, "days", 90),
     "pki_renew_before_days": (1, 3650, "days", 30),
     # Baseline, exporters, monitoring.
     "common_apt_cache_valid_time": (0, 604800, "seconds", 3600),
@@ -583,6 +583,14 @@ def _pair_problems(variables):
                         "nginx_upstream_tls." % (_truthy(upstream_tls), _truthy(api_tls),
                                                  "HTTPS" if _truthy(upstream_tls) else "HTTP",
                                                  "HTTPS" if _truthy(api_tls) else "HTTP"))
+    # Mutual TLS: an API that requires the edge's certificate gets it.
+    shared = value("matcraft_api_tls_client_auth", True)
+    required, presented = value("api_tls_client_auth", shared), value("nginx_upstream_tls_client_auth", shared)
+    if _truthy(api_tls) and _truthy(required) and not _truthy(presented):
+        problems.append("nginx_upstream_tls_client_auth: is False while api_tls_client_auth is True: the API would "
+                        "refuse every request from the edge, which would not present its client certificate. Fix: "
+                        "set matcraft_api_tls_client_auth once for both and remove api_tls_client_auth and "
+                        "nginx_upstream_tls_client_auth.")
     # Monitoring TLS: Prometheus scrapes and pushes over TLS exactly when the servers serve it.
     shared = value("matcraft_monitoring_tls", False)
     switches = {name: _truthy(value(name, shared))
@@ -602,11 +610,11 @@ def _pair_problems(variables):
                         "it is warned. Fix: keep the soft limit below the hard one, such as 3000 and 3600."
                         % (soft, hard))
     # Certificates renewed before they expire, not on every run.
-    valid = _in_range("pki_cert_valid_days", value("pki_cert_valid_days", 365))
+    valid = _in_range("pki_cert_valid_days", value("pki_cert_valid_days", 90))
     renew = _in_range("pki_renew_before_days", value("pki_renew_before_days", 30))
     if valid is not None and renew is not None and renew >= valid:
         problems.append("pki_renew_before_days: %d is not below pki_cert_valid_days (%d): every run would re-issue "
-                        "every certificate. Fix: keep it below the validity, such as 30 and 365." % (renew, valid))
+                        "every certificate. Fix: keep it below the validity, such as 30 and 90." % (renew, valid))
     # Prometheus refuses a scrape timeout longer than the interval.
     interval = prom_duration_seconds(value("prometheus_scrape_interval", "30s"))
     timeout = prom_duration_seconds(value("prometheus_scrape_timeout", "10s"))

@@ -88,3 +88,77 @@ def keys(tmp_path):
 ])
 def test_private_key_opens(keys, name, passphrases, index):
     assert pki.private_key_opens(str(keys[name]), passphrases) == index
+
+
+# --------------------------------------------------------------------------- name constraints
+
+PERMITTED = ["DNS:matcraft.internal", "DNS:matcraft.example.org", "IP:10.0.0.0/8", "IP:172.16.0.0/12",
+             "IP:fc00::/7", "IP:127.0.0.0/8"]
+
+
+def test_host_names_outside_the_constraints_are_left_out_and_requested_ones_refused():
+    got = pki.pki_host_sans(["db1", "db1.corp.example", "10.1.2.3"], PERMITTED,
+                            required=["172.18.0.5", "api.matcraft.internal"], common_name="db1")
+    assert got == {"sans": ["DNS:api.matcraft.internal", "IP:172.18.0.5", "IP:10.1.2.3"],
+                   "dropped": ["db1", "db1.corp.example"], "problems": [], "common_name": "db1"}
+    refused = pki.pki_host_sans(["db1"], PERMITTED, required=["9.9.9.9", "evil.example", "matcraft.example.org"])
+    assert refused["problems"] == ["9.9.9.9", "evil.example"]
+    assert refused["sans"] == ["DNS:matcraft.example.org"]
+
+
+def test_dns_constraints_follow_rfc_5280():
+    fits = lambda name, trees: pki.pki_host_sans([], ["DNS:" + t for t in trees], required=[name])["problems"] == []
+    assert fits("matcraft.internal", ["matcraft.internal"])
+    assert fits("a.b.matcraft.internal", ["matcraft.internal"])
+    assert fits("API.Matcraft.Internal.", ["matcraft.internal"])
+    assert not fits("evilmatcraft.internal", ["matcraft.internal"])
+    assert not fits("matcraft.internal.evil", ["matcraft.internal"])
+    assert fits("x.example.org", [".example.org"]) and not fits("example.org", [".example.org"])
+
+
+def test_a_ca_without_constraints_permits_everything_and_a_missing_type_is_free():
+    assert pki.pki_host_sans(["db1"], [], required=["9.9.9.9"])["sans"] == ["DNS:db1", "IP:9.9.9.9"]
+    dns_only = pki.pki_host_sans(["db1"], ["DNS:matcraft.internal"], required=["9.9.9.9"])
+    assert dns_only["sans"] == ["IP:9.9.9.9"] and dns_only["dropped"] == ["db1"]
+    ipv6 = pki.pki_host_sans([], PERMITTED, required=["fd12::5", "2001:db8::1"])
+    assert ipv6["sans"] == ["IP:fd12::5"] and ipv6["problems"] == ["2001:db8::1"]
+
+
+def test_a_common_name_openssl_would_check_loses_its_dots():
+    # OpenSSL checks a common name of two labels or more when the certificate has no DNS name.
+    assert pki.pki_host_sans([], PERMITTED, common_name="10.1.2.3")["common_name"] == "10-1-2-3"
+    assert pki.pki_host_sans([], PERMITTED, common_name="db1.corp.example")["common_name"] == "db1-corp-example"
+    assert pki.pki_host_sans([], PERMITTED, common_name="db1.matcraft.internal")["common_name"] == "db1.matcraft.internal"
+    assert pki.pki_host_sans([], PERMITTED, common_name="db1")["common_name"] == "db1"
+    assert pki.pki_host_sans([], [], common_name="db1.corp.example")["common_name"] == "db1.corp.example"
+
+
+def _ca_pem(permitted):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+               .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True))
+    if permitted is not None:
+        builder = builder.add_extension(x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=None),
+                                        critical=True)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_name_constraints_are_read_back_as_openssl_csr_takes_them():
+    import ipaddress
+
+    from cryptography import x509
+
+    pem = _ca_pem([x509.DNSName("matcraft.internal"), x509.IPAddress(ipaddress.ip_network("10.0.0.0/8")),
+                   x509.IPAddress(ipaddress.ip_network("fc00::/7"))])
+    assert pki.pki_name_constraints(pem) == ["DNS:matcraft.internal", "IP:10.0.0.0/8", "IP:fc00::/7"]
+    assert pki.pki_name_constraints(_ca_pem(None)) == []
+    assert pki.pki_name_constraints("") == []

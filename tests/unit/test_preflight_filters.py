@@ -545,6 +545,17 @@ def test_api_and_edge_agree_on_tls():
         "Fix: set matcraft_api_tls once for both and remove api_tls and nginx_upstream_tls."]
 
 
+def test_the_api_gets_the_client_certificate_it_requires():
+    assert problems({"matcraft_api_tls_client_auth": False}) == []
+    assert problems({"api_tls_client_auth": False}) == []  # the edge presents one nobody asks for: harmless
+    assert problems({"api_tls": False, "nginx_upstream_tls": False, "nginx_upstream_tls_client_auth": False}) == []
+    assert problems({"nginx_upstream_tls_client_auth": False}) == [
+        "nginx_upstream_tls_client_auth: is False while api_tls_client_auth is True: the API would refuse every "
+        "request from the edge, which would not present its client certificate. Fix: set "
+        "matcraft_api_tls_client_auth once for both and remove api_tls_client_auth and "
+        "nginx_upstream_tls_client_auth."]
+
+
 def test_monitoring_tls_switches_agree():
     assert problems({"matcraft_monitoring_tls": False}) == []
     assert problems({"exporters_tls": False}) == [
@@ -563,7 +574,7 @@ def test_worker_time_limits():
 def test_certificate_renewal_before_expiry():
     assert problems({"pki_cert_valid_days": 30}) == [
         "pki_renew_before_days: 30 is not below pki_cert_valid_days (30): every run would re-issue every certificate. "
-        "Fix: keep it below the validity, such as 30 and 365."]
+        "Fix: keep it below the validity, such as 30 and 90."]
 
 
 def test_scrape_timeout_within_interval():
@@ -1115,8 +1126,9 @@ GOOD_HEX = _random(64, "0123456789abcdef", 1)
 GOOD_SECRETS = {name: _random(48, LETTERS, seed) for seed, name in enumerate((
     "matcraft_db_password", "matcraft_redis_password", "matcraft_db_replication_password",
     "matcraft_db_monitoring_password", "matcraft_redis_exporter_password", "matcraft_grafana_admin_password",
-    "matcraft_monitoring_web_password", "matcraft_pgbackrest_cipher_pass", "matcraft_extra_token"), 10)}
-REQUIRED = ("matcraft_db_password", "matcraft_redis_password")
+    "matcraft_monitoring_web_password", "matcraft_pgbackrest_cipher_pass", "matcraft_extra_token",
+    "matcraft_pki_ca_passphrase"), 10)}
+REQUIRED = ("matcraft_db_password", "matcraft_redis_password", "matcraft_pki_ca_passphrase")
 OPTIONAL = ("matcraft_db_replication_password", "matcraft_db_monitoring_password", "matcraft_redis_exporter_password",
             "matcraft_grafana_admin_password", "matcraft_monitoring_web_password")
 SECRET_FIX = ("Fix: generate one with `openssl rand -hex 32` (or playbooks/secrets.yml) and keep it in the vault file "

@@ -5,7 +5,8 @@ usage: strict_client.py OUT.json STOPFILE COUNT INTERVAL ADDRESS SERVER_NAME PAT
 
 Sends up to COUNT requests, one every INTERVAL seconds, round robin over the
 PATHs, to https://SERVER_NAME/PATH at ADDRESS:443 (the certificate is
-verified against the system trust store for SERVER_NAME). A PATH is a GET,
+verified for SERVER_NAME against STRICT_CLIENT_CA, default the pki role's
+internal CA /etc/matcraft/pki/ca.crt, which no system trust store holds). A PATH is a GET,
 or "POST:/path" for a POST of the JSON body {"seconds": 0} (a MatCraft job):
 a GET must answer 200, a POST 200, 201 or 202, and the URLs of the created
 resources (Location) are listed in the summary. Each request uses a new
@@ -55,7 +56,7 @@ def request(address, server_name, context, path):
 
 
 def main(out, stopfile, count, interval, address, server_name, paths):
-    context = ssl.create_default_context()
+    context = ssl.create_default_context(cafile=os.environ.get("STRICT_CLIENT_CA", "/etc/matcraft/pki/ca.crt"))
     summary = {"sent": 0, "ok": 0, "failed": 0, "failures": [], "by_path": {p: 0 for p in paths},
                "created": [], "started": time.time()}
     started = time.monotonic()

@@ -11,19 +11,28 @@ retries are counted. Any other error (a reset or closed connection, a
 timeout, a status other than 200) fails the request at once. Writes a JSON
 summary to OUT.json (written to a temporary name first, so a reader sees all
 or nothing). Standard library only; stops by itself.
+
+HTTPS: the server is verified against ROLLING_CLIENT_CA (default: the system's
+trust store); ROLLING_CLIENT_CERT and ROLLING_CLIENT_KEY, when set, are the
+client certificate (the API's mutual TLS takes the edge's only).
 """
 
 import json
 import os
+import ssl
 import sys
 import time
 import urllib.error
 import urllib.request
 
+CONTEXT = ssl.create_default_context(cafile=os.environ.get("ROLLING_CLIENT_CA") or None)
+if os.environ.get("ROLLING_CLIENT_CERT"):
+    CONTEXT.load_cert_chain(os.environ["ROLLING_CLIENT_CERT"], os.environ.get("ROLLING_CLIENT_KEY") or None)
+
 
 def attempt(url):
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(url, timeout=5, context=CONTEXT) as response:
             response.read()
             return response.status, None
     except urllib.error.HTTPError as exc:

@@ -1,8 +1,9 @@
 """The application tier end to end, over the scenario's network.
 
-The client of every request is medium-redis (in matcraft_monitoring, which
-the firewall lets reach the API and the worker health sidecars); medium-db is
-an outsider for those ports. Tests run in file order, and this file before
+Requests to the API go from medium-edge with the edge's client certificate,
+the only one the API accepts (mutual TLS); those to the worker health
+sidecars from medium-redis (in matcraft_monitoring, which the firewall lets
+reach them). medium-db is an outsider for those ports. Tests run in file order, and this file before
 test_medium.py (whose upgrades move the release); the recovery from a crash
 loop (which runs the app playbook again) comes last.
 """
@@ -10,6 +11,7 @@ loop (which runs the app playbook again) comes last.
 import base64
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -35,13 +37,25 @@ def ip(name):
     return _ADDRESSES[name]
 
 
+EDGE = "medium-edge"
+EDGE_CA = "/etc/matcraft/pki/ca.crt"
+EDGE_CERT = "/etc/matcraft/edge-client/client.crt"
+EDGE_KEY = "/etc/matcraft/edge-client/client.key"
+EDGE_CLIENT = ("--cacert", EDGE_CA, "--cert", EDGE_CERT, "--key", EDGE_KEY)
+ROLLING_CLIENT_ENV = "-E ROLLING_CLIENT_CA=%s -E ROLLING_CLIENT_CERT=%s -E ROLLING_CLIENT_KEY=%s " % (
+    EDGE_CA, EDGE_CERT, EDGE_KEY)
+
+
 def http(client, method, url, body=None, timeout=10):
-    """(status, parsed JSON or text) of a request sent from the client host with curl."""
+    """(status, parsed JSON or text) of a request sent with curl: from the client host, but from
+    the edge host with its client certificate when the URL is the API's (api())."""
+    if url.startswith("https://") and ":8000/" in url:
+        return curl_json(peer(EDGE), method, url, body, timeout, EDGE_CLIENT)
     return curl_json(client, method, url, body, timeout)
 
 
 def api(name, path=""):
-    # HTTPS with the host's pki certificate; the client trusts the internal CA system-wide.
+    # HTTPS with the host's pki certificate, for the edge's client certificate only (http()).
     return "https://%s:8000%s" % (ip(name), path)
 
 
@@ -146,16 +160,42 @@ def test_api_listens_on_the_private_address_with_two_workers():
 def test_api_serves_https_with_its_pki_certificate(host):
     """TLS on the API port: the certificate verifies against the internal CA for the host's
     address and for the shared name the edge checks; plain HTTP gets no HTTP answer."""
+    edge = peer(EDGE)
     for name in API_HOSTS:
         for target in (ip(name), "api.matcraft.internal"):
-            check = host.run("curl -sS --max-time 10 --cacert /etc/matcraft/pki/ca.crt --resolve "
-                             "api.matcraft.internal:8000:%s -o /dev/null -w '%%{http_code}' https://%s:8000/health",
-                             ip(name), target)
+            check = edge.run("curl -sS --max-time 10 " + " ".join(EDGE_CLIENT) + " --resolve api.matcraft.internal:8000:%s "
+                             "-o /dev/null -w '%%{http_code}' https://%s:8000/health", ip(name), target)
             assert check.rc == 0 and check.stdout == "200", (name, target, check.stdout, check.stderr)
-        plain = host.run("curl -sS --max-time 10 -o /dev/null -w '%%{http_code}' http://%s:8000/health", ip(name))
+        plain = edge.run("curl -sS --max-time 10 -o /dev/null -w '%%{http_code}' http://%s:8000/health", ip(name))
         assert plain.stdout in ("000", "400"), "plain HTTP answered on %s: %s" % (name, plain.stdout)
-        issuer = host.run("openssl s_client -connect %s:8000 -brief </dev/null 2>&1", ip(name)).stdout
+        issuer = edge.run("openssl s_client -connect %s:8000 -CAfile %s -brief </dev/null 2>&1", ip(name), EDGE_CA).stdout
         assert "Verification: OK" in issuer, issuer
+
+
+def test_the_api_takes_the_edge_s_certificate_only():
+    """Mutual TLS (hardening item 5) on both API hosts: the edge host without a certificate, or
+    with its host certificate of the internal CA, is refused in the TLS handshake; so is an API
+    host asking another's (were the firewall open) or its own port; the edge's certificate of the
+    edge client CA gets 200."""
+    edge = peer(EDGE)
+    # Whole command lines (run() without arguments: no %-formatting, no quoting of the options).
+    base = "curl -sS --max-time 10 --cacert %s -o /dev/null -w '%%{http_code}' " % EDGE_CA
+    for name in API_HOSTS:
+        url = "https://%s:8000/health" % ip(name)
+        attempts = {
+            "edge, no certificate": edge.run(base + url),
+            "edge, its host certificate": edge.run(
+                base + "--cert /etc/matcraft/pki/host.crt --key /etc/matcraft/pki/host.key " + url),
+            "the API host itself, its host certificate": peer(name).run(
+                base + "--cert /etc/matcraft/pki/host.crt --key /etc/matcraft/pki/host.key " + url),
+        }
+        # No HTTP answer at all (35 handshake failed, 52 empty reply, 56 reset, by TLS 1.3's timing).
+        for what, run in attempts.items():
+            assert run.stdout == "000" and run.rc in (35, 52, 56), (name, what, run.rc, run.stdout, run.stderr)
+        answered = edge.run(base + " ".join(EDGE_CLIENT) + " " + url)
+        assert answered.rc == 0 and answered.stdout == "200", (name, answered.stdout, answered.stderr)
+    for name in API_HOSTS + WORKER_HOSTS + ("medium-db", "medium-redis", "medium-replica"):
+        assert not peer(name).file(EDGE_CERT).exists, "%s holds an edge client certificate" % name
 
 
 def test_migrations_ran_once_on_the_designated_host():
@@ -215,10 +255,13 @@ def test_the_access_log_keeps_no_query_string(host):
     assert not [line for line in lines if "QueryStringMarker7" in line or "?" in line], lines
 
 
-def test_firewall_lets_monitoring_in_and_keeps_outsiders_out(host):
+def test_firewall_lets_the_edge_and_monitoring_in_and_keeps_outsiders_out(host):
+    """The API port is for the edge only (the monitoring host checks the API through the edge);
+    the sidecars are for the monitoring host."""
     outsider = peer("medium-db")
     for name in API_HOSTS:
-        assert probe_tcp(host, ip(name), 8000)
+        assert probe_tcp(peer(EDGE), ip(name), 8000)
+        assert not probe_tcp(host, ip(name), 8000), "the monitoring host reached the API on " + name
         assert not probe_tcp(outsider, ip(name), 8000), "medium-db reached the API on " + name
     for name in WORKER_HOSTS:
         assert probe_tcp(host, ip(name), 9808)
@@ -405,7 +448,7 @@ def test_every_redis_client_refuses_a_server_it_should_not_trust(host, tmp_path)
         ["openssl", "x509", "-req", "-in", str(csr), "-CA", os.path.join(ca_dir, "ca.crt"),
          "-CAkey", os.path.join(ca_dir, "ca.key"), "-passin", "env:ROGUE_TEST_CA_PASSPHRASE", "-CAcreateserial",
          "-CAserial", str(tmp_path / "ca.srl"), "-days", "1", "-extfile", str(tmp_path / "san.ext")],
-        capture_output=True, text=True, env=dict(os.environ, ROGUE_TEST_CA_PASSPHRASE=SCENARIO_VARS["pki_ca_passphrase"]))
+        capture_output=True, text=True, env=dict(os.environ, ROGUE_TEST_CA_PASSPHRASE=SCENARIO_VARS["matcraft_pki_ca_passphrase"]))
     assert signed.returncode == 0, signed.stderr
     assert redis.run("printf '%%s' %s > %s/wrong-name-rogue.crt", signed.stdout, scratch).rc == 0
     stop = redis.run("systemctl stop redis-server")
@@ -467,6 +510,7 @@ def test_rolling_restart_fails_no_request(host):
     a connection refused (nothing sent yet) is tried again on the other host, as the edge does; a
     reset, a timeout or an error status fails the request. The number of such retries is in
     .cache/results/medium-rolling-restart.json."""
+    host = peer(EDGE)  # the API answers the edge's client certificate only
     script = open(os.path.join(SCENARIO_DIR, "files", "rolling_client.py"), "rb").read()
     host.run("rm -f /var/tmp/rolling.json")
     put = host.run("echo %s | base64 -d > /var/tmp/rolling_client.py", base64.b64encode(script).decode())
@@ -474,7 +518,7 @@ def test_rolling_restart_fails_no_request(host):
     pids = {n: peer(n).run("systemctl show -p MainPID --value matcraft-api").stdout.strip() for n in API_HOSTS}
     host.run("systemctl reset-failed medium-rolling-client")
     start = host.run(
-        "systemd-run --unit=medium-rolling-client --property=RuntimeMaxSec=300 "
+        "systemd-run --unit=medium-rolling-client --property=RuntimeMaxSec=300 " + ROLLING_CLIENT_ENV +
         "python3 /var/tmp/rolling_client.py /var/tmp/rolling.json 300 0.1 %s %s",
         api("medium-api1", "/health"), api("medium-api2", "/health"))
     assert start.rc == 0, start.stderr
@@ -504,11 +548,12 @@ def test_graceful_reload_keeps_the_master_and_loses_no_request(host):
     node = peer(name)
     master = node.run("systemctl show -p MainPID --value matcraft-api").stdout.strip()
     before = set(node.run("pgrep -P %s", master).stdout.split())
+    host = peer(EDGE)  # the API answers the edge's client certificate only
     script = open(os.path.join(SCENARIO_DIR, "files", "rolling_client.py"), "rb").read()
     host.run("rm -f /var/tmp/reload.json")
     host.run("echo %s | base64 -d > /var/tmp/rolling_client.py", base64.b64encode(script).decode())
     host.run("systemctl reset-failed medium-reload-client")
-    start = host.run("systemd-run --unit=medium-reload-client --property=RuntimeMaxSec=120 "
+    start = host.run("systemd-run --unit=medium-reload-client --property=RuntimeMaxSec=120 " + ROLLING_CLIENT_ENV +
                      "python3 /var/tmp/rolling_client.py /var/tmp/reload.json 150 0.1 %s", api(name, "/health"))
     assert start.rc == 0, start.stderr
     time.sleep(3)
@@ -545,6 +590,35 @@ def task_results(output, task):
     """The result lines of one task in an ansible-playbook output."""
     block = output.split("TASK [%s" % task, 1)[1]
     return block.split("TASK [", 1)[0]
+
+
+def test_mutual_tls_waits_for_an_edge_that_does_not_present_its_certificate():
+    """An edge from before mutual TLS (its nginx site does not present the edge's client
+    certificate): the app run keeps the API without mutual TLS and says so, so that no request
+    through that edge is refused; once the edge presents it, the next run turns it on."""
+    edge, api1 = peer(EDGE), peer("medium-api1")
+    site, saved = "/etc/nginx/conf.d/matcraft.conf", "/root/matcraft.conf.before-mtls-test"
+    gunicorn = "/etc/matcraft/gunicorn-api.conf.py"
+    bare = "curl -sS --max-time 10 --cacert %s -o /dev/null -w '%%{http_code}' https://%s:8000/health" % (
+        EDGE_CA, ip("medium-api1"))
+    old = edge.run("cp %s %s && sed -i '/proxy_ssl_certificate/d' %s && nginx -t -q && systemctl reload nginx",
+                   site, saved, site)
+    assert old.rc == 0, old.stderr
+    try:
+        output = app_playbook("--limit", "medium-api1")
+        assert re.search(r"stays\s+off\s+on\s+this\s+run", output), output[-4000:]
+        assert "cert_reqs" not in api1.file(gunicorn).content_string
+        answered = wait_for("medium-api1 answering without a client certificate",
+                            lambda: edge.run(bare).stdout == "200", 60, 2)
+        assert answered
+    finally:
+        back = edge.run("cp %s %s && nginx -t -q && systemctl reload nginx", saved, site)
+        assert back.rc == 0, back.stderr
+    output = app_playbook("--limit", "medium-api1")
+    assert not re.search(r"stays\s+off\s+on\s+this\s+run", output), output[-4000:]
+    assert "cert_reqs = 2" in api1.file(gunicorn).content_string
+    wait_for("medium-api1 requiring the edge's certificate again", lambda: edge.run(bare).stdout == "000", 60, 2)
+    assert http(None, "GET", api("medium-api1", "/health"))[0] == 200
 
 
 def test_the_run_with_the_fix_starts_units_left_at_their_start_limit(host):

@@ -2,7 +2,8 @@
 
 Runs after test_app.py (the application tier at release 1.0.0). The tests' client is medium-edge: it sends HTTPS requests to its own nginx
 (https://matcraft.test at 127.0.0.1, certificate of the internal CA) and may
-reach the API hosts on their port 8000 (the firewall lets the edge in).
+reach the API hosts on their port 8000 with its client certificate (the firewall
+lets the edge in; the API takes the edge's certificate only).
 Tests run in file order: 1.0.1 is rolled out, then a broken 1.0.2 stops at the
 first API host, then 1.0.1 again restores everything.
 """
@@ -44,7 +45,8 @@ def ip(name):
 
 def edge(host, method, path, body=None):
     """(status, headers text, body) of one request through the edge, sent on the edge host."""
-    cmd = "curl -sS --max-time 10 --resolve %s:443:127.0.0.1 -D /dev/stderr -X %s" % (DOMAIN, method)
+    cmd = "curl -sS --max-time 10 --cacert /etc/matcraft/pki/ca.crt --resolve %s:443:127.0.0.1 -D /dev/stderr -X %s" % (
+        DOMAIN, method)
     if body is not None:
         cmd += " -H 'Content-Type: application/json' --data %s" % json.dumps(json.dumps(body))
     result = host.run("%s -w '\\n%%{http_code}' https://%s%s" % (cmd, DOMAIN, path))
@@ -57,7 +59,8 @@ def edge(host, method, path, body=None):
 
 
 def api_version(host, name):
-    result = host.run("curl -sS --max-time 10 https://%s:8000/", ip(name))
+    result = host.run("curl -sS --max-time 10 --cacert /etc/matcraft/pki/ca.crt --cert /etc/matcraft/edge-client/client.crt "
+                      "--key /etc/matcraft/edge-client/client.key https://%s:8000/", ip(name))
     assert result.rc == 0, (name, result.stderr)
     return json.loads(result.stdout)["version"]
 
@@ -176,7 +179,7 @@ def test_edge_serves_the_api_over_https(host):
     status, headers, body = edge(host, "GET", "/health")
     assert status == 200 and body == {"status": "ok"}, (status, body)
     issuer = host.run("openssl s_client -connect 127.0.0.1:443 -servername %s -verify_hostname %s -brief "
-                      "</dev/null 2>&1", DOMAIN, DOMAIN).stdout
+                      "-CAfile /etc/matcraft/pki/ca.crt </dev/null 2>&1", DOMAIN, DOMAIN).stdout
     assert "Verification: OK" in issuer, issuer
     for name in API_HOSTS + WORKER_HOSTS:
         assert current_release(name) == "/opt/matcraft/releases/1.0.0", name

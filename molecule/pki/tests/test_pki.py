@@ -1,6 +1,9 @@
 """Host certificates from the internal CA: right names, key stays on the host,
-TLS verifies across the network, renewal happens before expiry."""
+TLS verifies across the network, renewal happens before expiry; the CA vouches
+only for the deployment (name constraints, not in the system trust store) and
+its key is always encrypted."""
 
+import datetime
 import os
 import subprocess
 
@@ -19,12 +22,82 @@ def test_key_private_and_certificate_matches(host):
 
 
 def test_certificate_names_and_chain(host):
+    """The private address is in the certificate; the short host name is not, since the CA may
+    vouch only for names under its permitted domains (its name constraints)."""
     name = host.backend.get_hostname()
     text = host.run("openssl x509 -in /etc/matcraft/pki/host.crt -noout -text").stdout
-    assert "DNS:%s" % name in text
     assert "IP Address:%s" % address_of(host) in text
+    assert "DNS:%s" % name not in text, text
     verify = host.run("openssl verify -CAfile /etc/matcraft/pki/ca.crt /etc/matcraft/pki/host.crt")
     assert verify.rc == 0, verify.stderr
+
+
+def test_host_certificates_live_90_days(host):
+    dates = host.run("openssl x509 -in /etc/matcraft/pki/host.crt -noout -startdate -enddate").stdout.splitlines()
+    start, end = (datetime.datetime.strptime(line.split("=", 1)[1], "%b %d %H:%M:%S %Y GMT") for line in dates)
+    assert datetime.timedelta(days=89) < end - start <= datetime.timedelta(days=90, minutes=1), dates
+
+
+def _sign_with_the_ca(tmp_path, name, subject_alt_name):
+    """A leaf certificate signed by the internal CA's key on the controller (what a thief of the key
+    could make): its path."""
+    key, csr, crt = (str(tmp_path / ("%s.%s" % (name, ext))) for ext in ("key", "csr", "crt"))
+    subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", key, "-out", csr, "-subj", "/CN=" + name], check=True, capture_output=True)
+    ext = tmp_path / ("%s.ext" % name)
+    ext.write_text("subjectAltName=%s\nextendedKeyUsage=serverAuth\n" % subject_alt_name)
+    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", os.path.join(CA_DIR, "ca.crt"),
+                    "-CAkey", os.path.join(CA_DIR, "ca.key"), "-passin", "env:PKI_TEST_PASSPHRASE",
+                    "-set_serial", "0x%x" % (abs(hash(name)) + 1), "-days", "1", "-out", crt, "-extfile", str(ext)],
+                   check=True, capture_output=True, env=dict(os.environ, PKI_TEST_PASSPHRASE=PASSPHRASE))
+    return crt
+
+
+def test_the_ca_vouches_only_for_this_deployment(tmp_path):
+    """Hardening item 4: the CA carries critical name constraints (matcraft.internal and private
+    ranges), so even a certificate signed with its own key for a package mirror or a public
+    address fails verification; one for a deployment name and a private address passes."""
+    text = subprocess.run(["openssl", "x509", "-in", os.path.join(CA_DIR, "ca.crt"), "-noout", "-text"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "X509v3 Name Constraints: critical" in text, text
+    assert "DNS:matcraft.internal" in text and "IP:10.0.0.0/255.0.0.0" in text, text
+    ca = os.path.join(CA_DIR, "ca.crt")
+    verdicts = {}
+    for name, san in (("mirror", "DNS:deb.debian.org"), ("public-ip", "IP:9.9.9.9"),
+                      ("inside", "DNS:db1.matcraft.internal,IP:10.20.30.40")):
+        crt = _sign_with_the_ca(tmp_path, name, san)
+        run = subprocess.run(["openssl", "verify", "-CAfile", ca, crt], capture_output=True, text=True, check=False)
+        verdicts[name] = (run.returncode, run.stdout + run.stderr)
+    for name in ("mirror", "public-ip"):
+        assert verdicts[name][0] != 0 and "subtree violation" in verdicts[name][1], verdicts[name]
+    assert verdicts["inside"][0] == 0, verdicts["inside"]
+    # The hosts verify the same way (their OpenSSL, the CA file they trust).
+    client = peer("pki-client")
+    with open(_sign_with_the_ca(tmp_path, "mirror2", "DNS:deb.debian.org")) as handle:
+        pem = handle.read()
+    client.run("cat > /tmp/pki-mirror.crt <<'EOF'\n%s\nEOF" % pem)
+    refused = client.run("openssl verify -CAfile /etc/matcraft/pki/ca.crt /tmp/pki-mirror.crt")
+    assert refused.rc != 0 and "subtree violation" in refused.stdout + refused.stderr, refused.stdout + refused.stderr
+
+
+def test_the_ca_is_in_no_system_trust_store():
+    """Only the programs that name /etc/matcraft/pki/ca.crt trust the CA: OpenSSL with the system
+    store refuses the host certificate (and curl without the CA file a server's:
+    test_tls_handshake_between_hosts)."""
+    server, client = peer("pki-server"), peer("pki-client")
+    for node in (server, client):
+        assert not node.file("/usr/local/share/ca-certificates/matcraft-internal-ca.crt").exists
+        system = node.run("openssl verify -CApath /etc/ssl/certs /etc/matcraft/pki/host.crt")
+        assert system.rc != 0, "the system trust store verifies the host certificate on %s" % node
+        assert node.file("/etc/matcraft/pki").mode == 0o751
+
+
+def test_a_ca_key_without_a_passphrase_is_refused():
+    """The CA key is always encrypted: an empty passphrase stops the run before any change."""
+    run, output = converge("-e", "pki_ca_passphrase=")
+    assert run.returncode != 0, output[-3000:]
+    assert "pki_ca_passphrase (from matcraft_pki_ca_passphrase) is empty" in output, output[-3000:]
+    assert recap_changed(output) == [], output[-1500:]
 
 
 def test_ca_key_stays_on_controller_encrypted(host):
@@ -44,14 +117,17 @@ def test_tls_handshake_between_hosts():
         "-accept 8443 -cert /etc/matcraft/pki/host.crt -key /etc/matcraft/pki/host.key")
     assert started.rc == 0, started.stderr
     try:
-        # Verified through the system trust store, by the certificate's DNS name.
-        got = client.run("curl -sS --retry 5 --retry-connrefused --retry-delay 1 -o /dev/null "
-                         "-w '%{http_code}' https://pki-server:8443/")
+        # Verified against the internal CA, by the server's private address.
+        got = client.run("curl -sS --retry 5 --retry-connrefused --retry-delay 1 --cacert /etc/matcraft/pki/ca.crt "
+                         "-o /dev/null -w '%%{http_code}' https://%s:8443/", address_of(server))
         assert got.rc == 0 and got.stdout == "200", got.stderr
         # A name that is not in the certificate is refused.
-        wrong = client.run("curl -sS -o /dev/null --resolve wrong.name:8443:%s https://wrong.name:8443/",
-                           address_of(server))
+        wrong = client.run("curl -sS -o /dev/null --cacert /etc/matcraft/pki/ca.crt --resolve wrong.name:8443:%s "
+                           "https://wrong.name:8443/", address_of(server))
         assert wrong.rc != 0 and "certificate" in wrong.stderr.lower()
+        # Without the CA file curl refuses: the CA is in no system trust store.
+        unnamed = client.run("curl -sS -o /dev/null https://%s:8443/", address_of(server))
+        assert unnamed.rc == 60 and "certificate" in unnamed.stderr.lower(), (unnamed.rc, unnamed.stderr)
     finally:
         server.run("systemctl stop pki-probe")
 

@@ -33,6 +33,7 @@ CASES = [
     ("secret-key-short", {"matcraft_secret_key": "9f86d081884c7d65"}, "matcraft_secret_key: has 16 hex characters; at least 64"),
     ("secret-key-not-hex", {"matcraft_secret_key": "Z" * 64}, "matcraft_secret_key: is not a hex string"),
     ("secret-key-missing", {"matcraft_secret_key": DELETE}, "matcraft_secret_key: is not set"),
+    ("ca-passphrase-missing", {"matcraft_pki_ca_passphrase": DELETE}, "matcraft_pki_ca_passphrase: is not set"),
     ("db-password-placeholder", {"matcraft_db_password": "changeme-changeme-changeme-changeme"}, "matcraft_db_password: looks like a placeholder"),
     ("redis-password-short", {"matcraft_redis_password": "s3cr3tP4ss"}, "matcraft_redis_password: has 10 characters; at least 32"),
     ("passwords-shared", {"matcraft_redis_password": GOOD["matcraft_db_password"]}, "matcraft_db_password, matcraft_redis_password: share one value"),

@@ -101,11 +101,14 @@ def test_units_reach_only_the_addresses_they_need(host, name, unit, allowed, den
 
 
 def test_the_limited_services_still_work_end_to_end(host):
-    """The API answers /health (database and Redis checked) to the monitoring host and the
-    sidecar of each worker answers 200 (celery inspect ping over the broker, a consumer for
-    every queue); a job through the edge is in test_site.py."""
+    """The API answers /health (database and Redis checked) to the edge's client certificate (the
+    only one it accepts: test_site.py) and the sidecar of each worker answers 200 to the monitoring
+    host (celery inspect ping over the broker, a consumer for every queue); a job through the edge
+    is in test_site.py."""
+    edge = peer("site-api1")
     for name in ("site-api1",):
-        check = host.run("curl -sS --max-time 10 --cacert /etc/matcraft/pki/ca.crt -o /dev/null -w '%%{http_code}' "
+        check = edge.run("curl -sS --max-time 10 --cacert /etc/matcraft/pki/ca.crt --cert /etc/matcraft/edge-client/client.crt "
+                         "--key /etc/matcraft/edge-client/client.key -o /dev/null -w '%%{http_code}' "
                          "https://%s:8000/health", ip(name))
         assert check.stdout == "200", (name, check.stdout, check.stderr)
     for name in WORKERS:

@@ -56,7 +56,7 @@ def edge_address():
 
 
 def public(host, method, path, body=None, timeout=15):
-    """(status, parsed JSON or text) of a request to https://matcraft.test from host (internal CA trusted)."""
+    """(status, parsed JSON or text) of a request to https://matcraft.test from host (verified against the internal CA)."""
     return curl_json(host, method, "https://%s%s" % (DOMAIN, path), body, timeout)
 
 
@@ -352,7 +352,8 @@ WAF_ATTACKS = (
 
 def edge_request(client, method, path, options=(), body=None):
     """(status, headers, body text) of one request to https://matcraft.test, sent as given."""
-    cmd = ["curl", "-sS", "--max-time", "15", "-D", "-", "-o", "/tmp/site-test-body", "-X", method] + list(options)
+    cmd = ["curl", "-sS", "--max-time", "15", "--cacert", "/etc/matcraft/pki/ca.crt", "-D", "-", "-o", "/tmp/site-test-body",
+           "-X", method] + list(options)
     if body is not None:
         cmd += ["-H", "Content-Type: application/json", "--data", json.dumps(body)]
     result = client.run(" ".join(["%s"] * (len(cmd) + 1)) + "; cat /tmp/site-test-body", *cmd,
@@ -415,16 +416,63 @@ def test_the_waf_blocks_attacks_on_the_real_api_and_passes_its_traffic(host):
     assert denials() - denied == len(WAF_ATTACKS), "the WAF denied a legitimate request"
 
 
+EDGE_CLIENT = "--cert /etc/matcraft/edge-client/client.crt --key /etc/matcraft/edge-client/client.key"
+
+
 def test_edge_talks_tls_to_the_api_with_verification():
     edge = peer("site-api1")
     config = edge.run("nginx -T 2>/dev/null").stdout
     assert "proxy_ssl_verify on;" in config and "proxy_ssl_name api.matcraft.internal;" in config
+    assert "proxy_ssl_certificate /etc/matcraft/edge-client/client.crt;" in config, "no client certificate upstream"
     address = address_of(edge)
     plain = edge.run("curl -sS --max-time 5 -o /dev/null -w '%%{http_code}' http://%s:8000/health", address)
     assert plain.stdout in ("000", "400"), plain.stdout
-    served = edge.run("curl -sS --max-time 5 --resolve api.matcraft.internal:8000:%s "
-                      "https://api.matcraft.internal:8000/health", address)
+    served = edge.run("curl -sS --max-time 5 --cacert /etc/matcraft/pki/ca.crt " + EDGE_CLIENT + " --resolve "
+                      "api.matcraft.internal:8000:%s https://api.matcraft.internal:8000/health", address)
     assert served.rc == 0 and json.loads(served.stdout) == {"status": "ok"}, served.stdout + served.stderr
+
+
+def test_only_the_edge_s_client_certificate_opens_the_api():
+    """Mutual TLS (hardening item 5): the API refuses, in the TLS handshake, a client without a
+    certificate and one with a certificate of the internal CA (this host's own, valid for
+    clientAuth); it answers the edge's certificate, which the edge client CA signed. No host but
+    the edge holds such a certificate, and only the API hosts trust that CA. The monitoring host
+    does not even reach the port; it checks the API through the edge (public_health)."""
+    api = peer("site-api1")
+    address = address_of(api)
+    url = "https://%s:8000/health" % address
+    # Whole command lines (run() without arguments: no %-formatting, no quoting of the options).
+    base = "curl -sS --max-time 5 --cacert /etc/matcraft/pki/ca.crt -o /dev/null -w '%{http_code}' "
+    refused = {
+        "no certificate": api.run(base + url),
+        "the host's internal-CA certificate": api.run(
+            base + "--cert /etc/matcraft/pki/host.crt --key /etc/matcraft/pki/host.key " + url),
+    }
+    # Refused in the handshake: curl gets no HTTP answer at all (35 handshake failed, 52 empty reply,
+    # 56 reset, by TLS 1.3's timing), where the same request with the edge's certificate gets 200.
+    for what, run in refused.items():
+        assert run.stdout == "000" and run.rc in (35, 52, 56), (what, run.rc, run.stdout, run.stderr)
+    answered = api.run(base + EDGE_CLIENT + " " + url)
+    assert answered.rc == 0 and answered.stdout == "200", (answered.stdout, answered.stderr)
+    # The edge's certificate: from the edge client CA, for clients only.
+    issuer = api.run("openssl x509 -in /etc/matcraft/edge-client/client.crt -noout -issuer -ext extendedKeyUsage").stdout
+    assert "MatCraft edge client CA (site-test)" in issuer and "TLS Web Client Authentication" in issuer, issuer
+    assert "Server Authentication" not in issuer, issuer
+    mode = api.run("stat -c '%a %U %G' /etc/matcraft/edge-client/client.key").stdout.split()
+    assert mode == ["640", "root", "root"], mode
+    # What the API's gunicorn trusts for clients: the edge client CA, nothing else.
+    trusted = api.run("openssl x509 -in /etc/matcraft/pki/edge-ca.crt -noout -subject").stdout
+    assert "MatCraft edge client CA (site-test)" in trusted, trusted
+    # No other host holds a certificate of that CA or trusts it.
+    for name in ("site-worker1", "site-worker2", "site-db1", "site-redis1", "site-monitor1"):
+        other = peer(name)
+        assert not other.file("/etc/matcraft/edge-client").exists, name
+        assert not other.file("/etc/matcraft/pki/edge-ca.crt").exists, name
+        names = other.run("find /etc/matcraft /usr/local/share/ca-certificates -name '*.crt' "
+                          "-exec openssl x509 -noout -subject -issuer -in {} ';'")
+        assert names.rc == 0 and "edge client CA" not in names.stdout, (name, names.stdout, names.stderr)
+    monitor = peer("site-monitor1")
+    assert not probe_tcp(monitor, address, 8000), "the monitoring host reaches the API port"
 
 
 def test_public_certificate_is_the_internal_ca_s():
@@ -491,7 +539,8 @@ def test_monitoring_is_served_over_tls(host):
         assert answer.stdout == expected, (login[:1], answer.stdout, answer.stderr)
     # amtool as docs/monitoring.md shows it: the login from Prometheus's password file.
     host.run("install -m 0600 /dev/null /root/amtool-http.yml && printf %s > /root/amtool-http.yml",
-             "basic_auth:\n  username: matcraft\n  password_file: /etc/prometheus/self-scrape.password\n")
+             "basic_auth:\n  username: matcraft\n  password_file: /etc/prometheus/self-scrape.password\n"
+             "tls_config:\n  ca_file: /etc/matcraft/pki/ca.crt\n")
     amtool = host.run("amtool --alertmanager.url=https://%s:9093 --http.config.file=/root/amtool-http.yml "
                       "-o json alert query", address_of(host))
     assert amtool.rc == 0 and amtool.stdout.startswith("["), (amtool.stdout[:300], amtool.stderr)
@@ -597,7 +646,7 @@ def test_api_error_rate_alert_from_the_real_api_reaches_the_webhook(host, webhoo
     unit = "site-test-load"
     host.run("systemctl stop %s; systemctl reset-failed %s", unit, unit)
     load = host.run("systemd-run --unit=%s --property=RuntimeMaxSec=150 /bin/bash -c "
-                    "'for i in $(seq 1 750); do curl -s -o /dev/null --max-time 2 https://%s/v1/campaigns; "
+                    "'for i in $(seq 1 750); do curl -s --cacert /etc/matcraft/pki/ca.crt -o /dev/null --max-time 2 https://%s/v1/campaigns; "
                     "sleep 0.2; done'", unit, DOMAIN)
     assert load.rc == 0, load.stderr
     try:
