@@ -222,6 +222,17 @@ PROXY
   # of a module run's CPU; tests/testbed/ansiballz_pycache.py says how).
   as_root install -m 0644 "$HERE/ansiballz_pycache.py" "$root/usr/lib/python3/dist-packages/testbed_ansiballz_pycache.py"
   echo 'import testbed_ansiballz_pycache' | as_root tee "$root/usr/lib/python3/dist-packages/testbed-ansiballz-pycache.pth" >/dev/null
+  # systemd makes / a shared mount at boot on a VM but not in a container,
+  # where Docker leaves it a slave: a unit's credentials (LoadCredential*=,
+  # mounted in a child namespace) then never reach the service and
+  # $CREDENTIALS_DIRECTORY stays empty. Do what systemd does on a VM.
+  printf '%s\n' '[Unit]' \
+    'Description=Make / a shared mount, as systemd does outside containers (service credentials)' \
+    'DefaultDependencies=no' 'Before=sysinit.target local-fs-pre.target' '' \
+    '[Service]' 'Type=oneshot' 'RemainAfterExit=yes' 'ExecStart=/bin/mount --make-rshared /' '' \
+    '[Install]' 'WantedBy=sysinit.target' |
+    as_root tee "$root/etc/systemd/system/testbed-shared-root.service" >/dev/null
+  as_root chroot "$root" systemctl enable testbed-shared-root.service >/dev/null 2>&1
   # No consoles in a container; keep the boot quiet and fast.
   as_root chroot "$root" systemctl mask getty.target console-getty.service systemd-firstboot.service \
     systemd-udevd.service systemd-modules-load.service sys-kernel-debug.mount >/dev/null 2>&1 || true  # a unit a suite lacks needs no mask
