@@ -66,9 +66,11 @@ MATCRAFT_INPUTS = (
     "matcraft_redis_exporter_password", "matcraft_redis_password", "matcraft_secret_key",
     "matcraft_sentry_dsn", "matcraft_tier", "matcraft_tls_mode", "matcraft_version",
 )
-# Facts the playbooks and this role set (present in hostvars later in a run).
+# Facts the playbooks and this role set (present in hostvars later in a run),
+# and the playbooks' own variables (matcraft_baseline_hosts: baseline.yml's
+# hosts, set by the layer playbooks that import it).
 INTERNAL_FACTS = (
-    "matcraft_baseline_done", "matcraft_app_current", "matcraft_app_waiting_for",
+    "matcraft_baseline_done", "matcraft_baseline_hosts", "matcraft_app_current", "matcraft_app_waiting_for",
     "preflight_passed", "preflight_inventory_problems",
     "preflight_secret_problems", "preflight_host_result", "preflight_inventory_warnings",
 )
