@@ -17,6 +17,7 @@ url_host         an address as a URL or listen directive writes it (an IPv6 addr
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
 import re
 
@@ -250,6 +251,36 @@ def db_login_name(owner, password):
     return "%s_%s" % (owner, digest[:10])
 
 
+def derived_secret(secret, purpose):
+    """A secret for one narrow purpose, derived from ``secret``: HMAC-SHA256 of ``purpose``
+    keyed with it, as 64 hex digits.
+
+    A client that needs less than the holder of ``secret`` (the worker health sidecar,
+    which only broadcasts pings over the broker) gets a credential of its own without a
+    new secret to generate, store and rotate: it changes when ``secret`` does, and it does
+    not reveal ``secret``.
+    """
+    if not secret:
+        raise AnsibleFilterError("derived_secret: the secret is empty")
+    if not purpose:
+        raise AnsibleFilterError("derived_secret: name the purpose")
+    return hmac.new(str(secret).encode("utf-8"), str(purpose).encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def pgpass_line(fields):
+    """One line of libpq's password file (host, port, database, user, password), each field
+    with ``\\`` and ``:`` escaped by a backslash as libpq reads them, without the newline.
+    A field that is exactly ``*`` stays the wildcard."""
+    fields = [str(field) for field in fields]
+    if len(fields) != 5:
+        raise AnsibleFilterError("pgpass_line: give host, port, database, user and password (5 fields), not %d"
+                                 % len(fields))
+    if any("\n" in field or "\r" in field for field in fields):
+        raise AnsibleFilterError("pgpass_line: a field has a line break")
+    return ":".join(field if field == "*" else field.replace("\\", "\\\\").replace(":", "\\:")
+                    for field in fields)
+
+
 MASK = "********"
 _URL_CREDENTIALS = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^@\s/]+@", re.I)
 _ASSIGNED_SECRET = re.compile(r"(\b[\w.-]*(?:password|passwd|secret|token)[\w.-]*\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&]+)",
@@ -292,6 +323,8 @@ class FilterModule(object):
             "duplicate_secrets": duplicate_secrets,
             "bcrypt_hash": bcrypt_hash,
             "db_login_name": db_login_name,
+            "derived_secret": derived_secret,
+            "pgpass_line": pgpass_line,
             "mask_credentials": mask_credentials,
             "url_host": url_host,
         }

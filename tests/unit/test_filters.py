@@ -138,6 +138,34 @@ def test_db_login_name_refuses(owner, password):
         f.db_login_name(owner, password)
 
 
+def test_derived_secret_is_a_keyed_digest_per_purpose():
+    import hashlib
+    import hmac
+    value = f.derived_secret("Qv7/Lm@3Kp:9Zx%Rt5", "redis-worker-health")
+    assert value == hmac.new(b"Qv7/Lm@3Kp:9Zx%Rt5", b"redis-worker-health", hashlib.sha256).hexdigest()
+    assert len(value) == 64 and "Qv7" not in value
+    assert value != f.derived_secret("Qv7/Lm@3Kp:9Zx%Rt5", "another-purpose")
+    assert value != f.derived_secret("another-secret", "redis-worker-health")
+
+
+@pytest.mark.parametrize("secret, purpose, why", [("", "p", "empty"), ("s", "", "purpose")])
+def test_derived_secret_refuses(secret, purpose, why):
+    with pytest.raises(f.AnsibleFilterError, match=why):
+        f.derived_secret(secret, purpose)
+
+
+def test_pgpass_line_escapes_what_libpq_unescapes():
+    line = f.pgpass_line(["*", "*", "matcraft", "matcraft_ab", "Qv7/Lm@3Kp:9Zx%R\\t5"])
+    assert line == "*:*:matcraft:matcraft_ab:Qv7/Lm@3Kp\\:9Zx%R\\\\t5"
+    assert f.pgpass_line(["fd00::5", 5432, "db", "u", "p"]) == "fd00\\:\\:5:5432:db:u:p"
+
+
+@pytest.mark.parametrize("fields, why", [(["*", "*", "db", "u"], "5 fields"), (["*", "*", "db", "u", "a\nb"], "line break")])
+def test_pgpass_line_refuses(fields, why):
+    with pytest.raises(f.AnsibleFilterError, match=why):
+        f.pgpass_line(fields)
+
+
 def test_mask_credentials_hides_given_secrets_urls_and_assignments():
     secret = "Qv7/Lm@3Kp:9Zx%Rt5"
     text = ("start: DATABASE_URL=postgresql://matcraft_ab12:%s@10.0.0.5:5432/matcraft\n"

@@ -92,12 +92,19 @@ def test_release_layout_and_environment_file():
         env = node.file("/etc/matcraft/matcraft.env")
         assert (env.user, env.group, env.mode) == ("root", "matcraft", 0o640), name
         content = node.run("cat /etc/matcraft/matcraft.env").stdout
-        # Credentials URL-encoded; verify-full TLS to the database.
-        assert ":%s@" % quote(SCENARIO_VARS["matcraft_db_password"], safe="") in content
+        # No secret in the file: verify-full TLS to the database, the password in libpq's
+        # password file (a credential), escaped for its format.
+        assert SCENARIO_VARS["matcraft_db_password"] not in content
+        assert quote(SCENARIO_VARS["matcraft_db_password"], safe="") not in content
         assert "sslmode=verify-full&sslrootcert=/etc/matcraft/pki/ca.crt" in content
-        # TLS to Redis, because the Redis host offers it.
-        assert ('REDIS_URL="rediss://matcraft:' + quote(SCENARIO_VARS["matcraft_redis_password"], safe="") + "@" + ip("medium-redis")
-                + ':6380/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/matcraft/pki/ca.crt&ssl_check_hostname=true"') in content
+        assert "REDIS_URL" not in content and "SECRET_KEY" not in content
+        pgpass = node.run("systemd-creds decrypt --name=pgpass /etc/matcraft/credentials/pgpass.cred -").stdout
+        escaped = SCENARIO_VARS["matcraft_db_password"].replace("\\", "\\\\").replace(":", "\\:")
+        assert pgpass.startswith("*:*:matcraft:") and pgpass.endswith(":" + escaped + "\n"), name
+        # TLS to Redis, because the Redis host offers it (the URL is a credential too).
+        url = node.run("systemd-creds decrypt --name=redis-url /etc/matcraft/credentials/redis-url.cred -").stdout
+        assert url == ("rediss://matcraft:" + quote(SCENARIO_VARS["matcraft_redis_password"], safe="") + "@" + ip("medium-redis")
+                       + ":6380/0?ssl_cert_reqs=required&ssl_ca_certs=/etc/matcraft/pki/ca.crt&ssl_check_hostname=true"), name
         assert 'MATCRAFT_ENV="production"' in content and 'CORS_ORIGINS="https://matcraft.example.org"' in content
         user = node.user("matcraft")
         assert user.shell == "/usr/sbin/nologin" and user.group == "matcraft"

@@ -172,12 +172,95 @@ def test_no_secret_in_a_world_readable_file():
                 assert not readable, "%s: a secret in world-readable %s" % (name, readable)
 
 
-# Runs in the API's sandbox user's place: the application's own DATABASE_URL (read from its
-# environment file by root inside the container, never on a command line) tries each statement.
+def test_the_application_s_secrets_rest_only_encrypted():
+    """Security issue item 10: on the API and worker hosts no file under /etc, /var (the journal
+    included) or /opt holds a secret in clear text, raw or URL-encoded; the environment file has
+    none; the secrets are systemd credentials (root-only, encrypted with the host key) that the
+    units load, and the sidecar gets the broker's URL only."""
+    patterns = "\n".join(sorted({form for secret in SECRETS.values() for form in (secret, quote(secret, safe=""))}))
+    for name in ("site-api1",) + WORKERS:
+        node = peer(name)
+        # The patterns come on stdin (-f -), never on a command line.
+        found = _in_container(name, ["grep", "-rlsF", "-D", "skip", "-f", "-", "/etc", "/var", "/opt"], patterns + "\n")
+        assert found.returncode == 1 and not found.stdout.strip(), "%s: a secret in clear text in %s" % (
+            name, found.stdout.split())
+        env = node.run("cat /etc/matcraft/matcraft.env").stdout
+        assert "DATABASE_URL=" in env and "REDIS_URL=" not in env and "SECRET_KEY=" not in env
+        listing = node.run("stat -c '%n %U %a' /etc/matcraft/credentials /etc/matcraft/credentials/*.cred").stdout
+        creds = ["pgpass", "redis-url", "secret-key"] + (["worker-health-redis-url"] if name in WORKERS else [])
+        assert sorted(listing.split("\n")[1:-1]) == [
+            "/etc/matcraft/credentials/%s.cred root 600" % cred for cred in creds], listing
+        assert listing.startswith("/etc/matcraft/credentials root 700"), listing
+        for cred in creds:
+            path = "/etc/matcraft/credentials/%s.cred" % cred
+            assert node.run("systemd-creds decrypt --name=%s %s - >/dev/null", cred, path).rc == 0, (name, cred)
+            assert node.run("runuser -u matcraft -- cat %s", path).rc != 0, (name, cred)
+    units = {"site-api1": ["matcraft-api"],
+             WORKERS[0]: ["matcraft-worker@default", "matcraft-worker-health"]}
+    for name, names in units.items():
+        for unit in names:
+            loaded = peer(name).run("systemctl show -p LoadCredentialEncrypted --value %s", unit).stdout
+            expected = (["worker-health-redis-url"] if unit == "matcraft-worker-health"
+                        else ["pgpass", "redis-url", "secret-key"])
+            assert sorted(item.split(":", 1)[0] for item in loaded.split()) == expected, (unit, loaded)
+    # The processes hold them in memory only: the API's master has SECRET_KEY, the sidecar not.
+    api = peer("site-api1")
+    master = api.run("systemctl show -p MainPID --value matcraft-api").stdout.strip()
+    environ = api.run("tr '\\0' '\\n' < /proc/%s/environ", master).stdout
+    assert "SECRET_KEY=" in environ and "PGPASSFILE=/run/credentials/matcraft-api.service/pgpass" in environ
+    sidecar = peer(WORKERS[0])
+    pid = sidecar.run("systemctl show -p MainPID --value matcraft-worker-health").stdout.strip()
+    environ = sidecar.run("tr '\\0' '\\n' < /proc/%s/environ", pid).stdout
+    assert "REDIS_URL=rediss://matcraft_worker_health:" in environ
+    assert "SECRET_KEY=" not in environ and "PGPASSFILE=" not in environ
+    assert SECRETS["matcraft_redis_password"] not in environ
+
+
+# As the sidecar's Redis user (its credential, decrypted by root on the worker host and
+# handed over on stdin): what it may not do, then Celery's remote-control ping it exists for.
+_SIDECAR_USER_PROBE = """
+import importlib.util, sys, redis
+spec = importlib.util.spec_from_file_location("sidecar", "/usr/local/lib/matcraft/matcraft_worker_health.py")
+sidecar = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sidecar)
+url = sys.stdin.read()
+client = redis.Redis.from_url(url, socket_timeout=5)
+for command in (("GET", "x"), ("LPUSH", "celery", "x"), ("LLEN", "celery"), ("KEYS", "*"), ("FLUSHDB",),
+                ("PUBLISH", "anything", "x"), ("CONFIG", "GET", "maxmemory")):
+    try:
+        client.execute_command(*command)
+        print(command[0], "allowed")
+    except redis.exceptions.NoPermissionError:
+        print(command[0], "refused")
+# The Celery app the sidecar builds for its broker URL.
+app = sidecar.load_celery_app(None, url)
+with app.connection_for_write() as conn:
+    replies = app.control.inspect(timeout=5, connection=conn).ping() or {}
+print("ping", len(replies))
+"""
+
+
+def test_the_sidecar_has_a_redis_user_of_its_own_that_only_pings():
+    """Security issue item 10: the health sidecar's broker credential is a Redis user of its own
+    (password derived from the application's), which may broadcast Celery's remote-control
+    ping and read the replies, and neither read nor write the task queues nor anything else."""
+    worker = WORKERS[0]
+    url = peer(worker).run(
+        "systemd-creds decrypt --name=worker-health-redis-url /etc/matcraft/credentials/worker-health-redis-url.cred -")
+    assert url.rc == 0 and url.stdout.startswith("rediss://matcraft_worker_health:"), url.stderr
+    probe = _in_container(worker, ["/opt/matcraft/current/venv/bin/python", "-c", _SIDECAR_USER_PROBE], url.stdout)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    results = dict(line.split(" ", 1) for line in probe.stdout.splitlines())
+    for command in ("GET", "LPUSH", "LLEN", "KEYS", "FLUSHDB", "PUBLISH", "CONFIG"):
+        assert results[command] == "refused", results
+    assert int(results["ping"]) >= 2, results  # every worker of the scenario answered
+
+
+# Runs in the API's sandbox as its user (matcraft-manage): the application's own DATABASE_URL
+# and password file (from its credentials) try each statement.
 _RUNTIME_DDL_PROBE = """
-import json, sys, psycopg
-url = [line.split("=", 1)[1].strip().strip('"') for line in open("/etc/matcraft/matcraft.env")
-       if line.startswith("DATABASE_URL=")][0]
+import json, os, sys, psycopg
+url = os.environ["DATABASE_URL"]
 results = {}
 for statement in json.load(sys.stdin):
     try:
@@ -202,7 +285,7 @@ def test_the_application_cannot_change_the_schema_and_the_migrations_ran_as_the_
     statements = ["SELECT count(*) FROM campaigns", "CREATE TABLE ddl_probe (id int)",
                   "DROP TABLE campaigns", "ALTER TABLE campaigns ADD COLUMN ddl_probe int",
                   "TRUNCATE campaigns", "SET ROLE matcraft"]
-    probe = _in_container("site-api1", ["/opt/matcraft/current/venv/bin/python", "-c", _RUNTIME_DDL_PROBE],
+    probe = _in_container("site-api1", ["/usr/local/sbin/matcraft-manage", "python", "-c", _RUNTIME_DDL_PROBE],
                           json.dumps(statements))
     assert probe.returncode == 0, probe.stderr
     results = json.loads(probe.stdout)
@@ -494,10 +577,8 @@ def test_redis_answers_only_over_tls(host):
                      "-CAfile /etc/matcraft/pki/ca.crt </dev/null 2>&1", address, address).stdout
     assert "Verify return code: 0 (ok)" in served, served[-2000:]
     for name in ("site-api1",) + WORKERS:
-        environment = peer(name).run("grep -E '^(CELERY_BROKER_URL|REDIS_URL)=' /etc/matcraft/matcraft.env").stdout
-        urls = [line.split("=", 1)[1].strip("'\"") for line in environment.splitlines()]
-        assert urls and all(url.startswith("rediss://") and ":6380/" in url for url in urls), \
-            "%s: %d Redis URLs, not all rediss:// on 6380" % (name, len(urls))
+        url = peer(name).run("systemd-creds decrypt --name=redis-url /etc/matcraft/credentials/redis-url.cred -").stdout
+        assert url.startswith("rediss://") and ":6380/" in url, "%s: the Redis URL is not rediss:// on 6380" % name
     up = wait_for("redis_up 1", lambda: [s for s in query(host, 'redis_up{job="redis"}') if s["value"][1] == "1"],
                   60, 5)
     assert up
