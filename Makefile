@@ -55,6 +55,10 @@ unit: venv ## Unit tests (filters, contract app, sidecar, specs)
 	mkdir -p .cache/results
 	pytest tests/unit --junitxml=.cache/results/unit.xml
 
+.PHONY: docs
+docs: venv ## Regenerate the variable tables of the role READMEs from meta/argument_specs.yml
+	python tests/tools/role_docs.py
+
 .PHONY: rules-test
 rules-test: venv ## Alert rules (promtool test rules) and the nginx log program (mtail)
 	tests/rules/run.sh
