@@ -456,6 +456,10 @@ def expand_node_name(name: str, hostname: str | None = None) -> str:
     return name.replace("%h", host).replace("%n", short).replace("%d", domain)
 
 
+#: Seconds (ten years): see load_celery_app.
+BARE_APP_VISIBILITY_TIMEOUT = 10 * 365 * 86400
+
+
 def _rediss_tls_options(url: str) -> dict[str, Any] | None:
     """Verified TLS for a ``rediss://`` URL without ``ssl_*`` parameters (kombu would not verify)."""
     parts = urlsplit(url)
@@ -475,6 +479,12 @@ def load_celery_app(app_path: str | None, broker_url: str | None) -> Any:
             accept_content=["json"],
             task_serializer="json",
             broker_connection_retry_on_startup=False,
+            # kombu's Redis transport lets every consumer (here: the reply queue of the
+            # broadcasts) put back the workers' unacknowledged tasks once they are older
+            # than the visibility timeout. The sidecar must never touch the task queues
+            # (its Redis user may not): with a timeout of ten years it only ever finds
+            # nothing to restore; the workers restore their own tasks.
+            broker_transport_options={"visibility_timeout": BARE_APP_VISIBILITY_TIMEOUT},
         )
         return app
     module_name, _, attribute = (app_path or "").partition(":")
