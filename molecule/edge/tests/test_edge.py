@@ -734,10 +734,14 @@ def test_testssl_no_high_or_critical(client, root, edge_ip):
     without errors (exit status 0, no WARN or FATAL entry), and nothing HIGH or CRITICAL in it."""
     report = "/tmp/edge-testssl.json"
     attempts = []
-    # A second scan only when the first one did not run cleanly (a sub-scan's connection failing on a busy
-    # machine); the scan judged below is always one that ran cleanly, or the test fails with both.
-    for _ in range(2):
+    # Another scan only when one did not run cleanly (a sub-scan's connection failing on a busy machine:
+    # a CI rehearsal saw the session resumption check fail twice in a row while other scenarios ran, and
+    # pass on its own); the scan judged below is always one that ran cleanly, or the test fails with all
+    # three. A retry waits longer than the rate limit's bucket needs, for the machine to settle.
+    for attempt in range(3):
         wait_for_bucket()
+        if attempt:
+            time.sleep(20)
         rc, findings, output = run_testssl(client, root, edge_ip, report)
         problems = scan_problems(findings) if findings is not None else ["no JSON report"]
         attempts.append((rc, problems, output))
@@ -747,7 +751,7 @@ def test_testssl_no_high_or_critical(client, root, edge_ip):
         if rc == 0 and not problems:
             break
     else:
-        pytest.fail("testssl.sh did not run cleanly twice:\n" + "\n".join(
+        pytest.fail("testssl.sh did not run cleanly in three scans:\n" + "\n".join(
             "exit %d, problems:\n%s\n%s" % (rc, json.dumps(problems, indent=1), output)
             for rc, problems, output in attempts))
     by_id = {f["id"]: f for f in findings}
