@@ -959,6 +959,64 @@ def _redis_login_works(password):
     return probe.returncode == 0 and "PONG" in probe.stdout
 
 
+# On the API host, as root, with the edge's client certificate: connections the API's workers have
+# accepted (each handshake done), then SIGTERM to every worker, as a reload, a restart or
+# max_requests sends it, then the requests on those connections.
+_STOPPING_WORKER_PROBE = """
+import os, signal, socket, ssl, sys, time
+address, port, main = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+context = ssl.create_default_context(cafile="/etc/matcraft/pki/ca.crt")
+context.load_cert_chain("/etc/matcraft/edge-client/client.crt", "/etc/matcraft/edge-client/client.key")
+with open("/proc/%s/task/%s/children" % (main, main)) as handle:
+    workers = [int(pid) for pid in handle.read().split()]
+connections = [context.wrap_socket(socket.create_connection((address, port), timeout=10), server_hostname=address)
+               for _ in range(2 * len(workers))]
+for pid in workers:
+    os.kill(pid, signal.SIGTERM)
+time.sleep(0.4)
+print(*workers)
+for connection in connections:
+    try:
+        connection.sendall(b"GET /health HTTP/1.1\\r\\nHost: " + address.encode() + b"\\r\\nConnection: close\\r\\n\\r\\n")
+        data = b""
+        while True:
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        print(data.split(b"\\r\\n", 1)[0].decode(errors="replace") or "closed without an answer")
+    except OSError as error:
+        print(repr(error))
+"""
+
+
+def test_a_stopping_api_worker_answers_the_connections_it_accepted():
+    """A worker that stops (a graceful reload, a restart, max_requests) first stops accepting,
+    then answers what it has accepted (api_shutdown_drain): a connection accepted an instant
+    before, its request not sent yet, gets its answer, not a reset (uvicorn alone closes it, and
+    nginx cannot send a POST again). Deterministic: the requests go 0.4 s after the SIGTERM, when
+    uvicorn's shutdown has begun; without the drain every one is closed unanswered."""
+    api = peer("site-api1")
+    main = api.run("systemctl show -P MainPID matcraft-api").stdout.strip()
+    probe = _in_container("site-api1", ["python3", "-c", _STOPPING_WORKER_PROBE, address_of(api), "8000", main], "")
+    assert probe.returncode == 0, probe.stderr
+    lines = probe.stdout.splitlines()
+    stopped, answers = lines[0].split(), lines[1:]
+    assert stopped and len(answers) == 2 * len(stopped), probe.stdout
+    assert all(answer.startswith("HTTP/1.1 200") for answer in answers), answers
+    # The stopped workers are gone, the master (the same) has started as many new ones, and they
+    # answer.
+    def replaced():
+        children = api.run("cat /proc/%s/task/%s/children", main, main).stdout.split()
+        return len(children) == len(stopped) and not set(children) & set(stopped)
+    wait_for("new API workers in place of the stopped ones", replaced, 60)
+    assert api.run("systemctl show -P MainPID matcraft-api").stdout.strip() == main
+    url = "https://%s:8000/health" % address_of(api)
+    wait_for("the new API workers", lambda: api.run(
+        "curl -sS --max-time 5 --cacert /etc/matcraft/pki/ca.crt -o /dev/null -w '%{http_code}' " + EDGE_CLIENT + " "
+        + url).stdout == "200", 60)
+
+
 def test_rotating_every_secret_keeps_every_request_working(tmp_path):
     """The documented rotation, under a stream of requests through the edge: matcraft.deploy.secrets
     -e secrets_force=true on the vault file, then site with --diff. No request fails (the new
