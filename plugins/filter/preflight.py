@@ -1091,6 +1091,10 @@ def _watched(name):
 # Variables the collection no longer reads: name -> what replaced them (a warning
 # says so, instead of a guess at a close name).
 REMOVED_VARIABLES = {
+    "prometheus_self_scrape_password_file": ("the password Prometheus logs in with rests encrypted, as the systemd "
+                                             "credential prometheus_web_password_credential"),
+    "redis_admin_password_file": ("the Redis admin password rests encrypted, as the systemd credential "
+                                  "redis_admin_credential; the next run moves the file's password into it"),
     "preflight_warn_ssh_open": ("SSH open to the world now stops the run unless %s is true (then it warns)"
                                 % SSH_ACKNOWLEDGEMENT),
 }

@@ -1,4 +1,4 @@
-"""The application's credentials helper (roles/app/files/matcraft_credentials.py).
+"""The application's credentials helper (roles/common/files/matcraft_credentials.py).
 
 systemd-creds is replaced by a stand-in that "encrypts" with base64 and a salt,
 as the real one salts: the helper must compare clear texts, never files."""
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "roles" / "app" / "files" / "matcraft_credentials.py"
+SCRIPT = ROOT / "roles" / "common" / "files" / "matcraft_credentials.py"
 
 FAKE_CREDS = """#!/usr/bin/env python3
 import base64, os, sys

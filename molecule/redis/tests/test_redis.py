@@ -92,8 +92,16 @@ def test_listens_on_private_address_and_loopback_only(host):
 def test_secrets_on_disk(host):
     acl = host.file("/etc/redis/users.acl")
     assert (acl.user, acl.group, acl.mode) == ("root", "redis", 0o640)
-    secret = host.file("/etc/redis/admin.secret")
-    assert (secret.user, secret.group, secret.mode) == ("root", "root", 0o600)
+    # The admin password rests only encrypted (a systemd credential that root decrypts), and
+    # the clear-text file of earlier releases is gone.
+    credential = host.file("/etc/matcraft/credentials/redis-admin.cred")
+    assert (credential.user, credential.group, credential.mode) == ("root", "root", 0o600)
+    assert host.file("/etc/matcraft/credentials").mode == 0o700
+    assert not host.file("/etc/redis/admin.secret").exists
+    admin_password = host.run("systemd-creds decrypt --name=redis-admin /etc/matcraft/credentials/redis-admin.cred -")
+    assert admin_password.rc == 0 and len(admin_password.stdout.strip()) == 48, admin_password.stderr
+    found = host.run("grep -rlsF -- %s /etc /var /opt", admin_password.stdout.strip())
+    assert found.stdout == "", "the admin password in clear text in %s" % found.stdout
     # Every password is a SHA-256 hash; the plain passwords are nowhere in /etc/redis.
     content = host.run("cat /etc/redis/users.acl").stdout
     users = dict(line.split()[1:3] for line in content.splitlines())
@@ -360,3 +368,23 @@ def test_reconfiguration(host):
         assert "WRONGPASS" in out, out
     finally:
         worker.run("rm -f /opt/redis-probe/exporter-rotated.env")
+
+
+def test_an_earlier_release_s_clear_text_admin_password_moves_into_the_credential(host):
+    """A host of an earlier release keeps the admin password in clear text in
+    /etc/redis/admin.secret: the next run encrypts that same password into the credential and
+    deletes the file, without restarting the server (the ACL file keeps the same hash)."""
+    credential = "/etc/matcraft/credentials/redis-admin.cred"
+    password = host.run("systemd-creds decrypt --name=redis-admin %s -", credential)
+    assert password.rc == 0, password.stderr
+    moved = host.run("umask 077 && systemd-creds decrypt --name=redis-admin %s /etc/redis/admin.secret && rm %s",
+                     credential, credential)
+    assert moved.rc == 0, moved.stderr
+    before = host.run("systemctl show -P MainPID redis-server").stdout
+    output = _converge()
+    assert "RUNNING HANDLER [matcraft.deploy.redis : Restart redis]" not in output
+    assert host.run("systemctl show -P MainPID redis-server").stdout == before
+    assert not host.file("/etc/redis/admin.secret").exists
+    again = host.run("systemd-creds decrypt --name=redis-admin %s -", credential)
+    assert again.rc == 0 and again.stdout == password.stdout, again.stderr
+    assert host.run("matcraft-redis-cli PING").stdout.strip() == "PONG"

@@ -173,10 +173,13 @@ def test_no_secret_in_a_world_readable_file():
 
 
 def test_the_application_s_secrets_rest_only_encrypted():
-    """Security issue item 10: on the API and worker hosts no file under /etc, /var (the journal
-    included) or /opt holds a secret in clear text, raw or URL-encoded; the environment file has
-    none; the secrets are systemd credentials (root-only, encrypted with the host key) that the
-    units load, and the sidecar gets the broker's URL only."""
+    """Security issue item 10: on every host of the small tier (API, workers, database, Redis,
+    monitoring) no file under /etc, /var (the journal included) or /opt holds a secret in clear
+    text, raw or URL-encoded; the application's environment file has none; the secrets are
+    systemd credentials (root-only, encrypted with the host key) that the units load: the
+    application's, the exporters', Prometheus's login, the Redis admin password; the sidecar
+    gets the broker's URL only. (Grafana, not installed here, and an off-host backup repository's
+    cipher passphrase are outside this test: docs/security.md.)"""
     patterns = "\n".join(sorted({form for secret in SECRETS.values() for form in (secret, quote(secret, safe=""))}))
     for name in ("site-api1",) + WORKERS:
         node = peer(name)
@@ -207,6 +210,39 @@ def test_the_application_s_secrets_rest_only_encrypted():
             expected = (["worker-health-redis-url"] if unit == "matcraft-worker-health"
                         else ["pgpass", "redis-url", "secret-key"])
             assert loaded == ["ramfs"] + expected, (unit, loaded)
+    # Every other host of the small tier too: the database, Redis (its own admin password, made
+    # there, a credential root decrypts, included) and monitoring hosts.
+    admin = _in_container("site-redis1", ["systemd-creds", "decrypt", "--name=redis-admin",
+                                          "/etc/matcraft/credentials/redis-admin.cred", "-"], "")
+    assert admin.returncode == 0 and admin.stdout.strip(), admin.stderr
+    for name in ("site-db1", "site-redis1", "site-monitor1"):
+        found = _in_container(name, ["grep", "-rlsF", "-D", "skip", "-f", "-", "/etc", "/var", "/opt"],
+                              patterns + "\n" + admin.stdout.strip() + "\n")
+        assert found.returncode == 1 and not found.stdout.strip(), "%s: a secret in clear text in %s" % (
+            name, found.stdout.split())
+    assert not peer("site-redis1").file("/etc/redis/admin.secret").exists
+    # Prometheus logs in (to itself, to Alertmanager) with its password from a credential.
+    monitor = peer("site-monitor1")
+    assert not monitor.file("/etc/prometheus/self-scrape.password").exists
+    assert monitor.run("stat -c '%%U %%a' /etc/matcraft/credentials/prometheus-web-password.cred").stdout.split() == [
+        "root", "600"]
+    loaded = monitor.run("stat -f -c %%T /run/credentials/prometheus.service && ls /run/credentials/prometheus.service")
+    assert loaded.stdout.split() == ["ramfs", "prometheus-web-password"], loaded.stdout
+    # The exporters' passwords: credentials their units load, in no file in clear text.
+    exporters = (("site-db1", "prometheus-postgres-exporter", "data-source-pass", "matcraft_db_monitoring_password"),
+                 ("site-redis1", "prometheus-redis-exporter", "redis-password", "matcraft_redis_exporter_password"))
+    for name, unit, variable, secret in exporters:
+        node, cred = peer(name), "%s-%s" % (unit, variable)
+        listing = node.run("stat -c '%%U %%a' /etc/matcraft/credentials/%s.cred", cred).stdout.split()
+        assert listing == ["root", "600"], (name, cred, listing)
+        loaded = node.run("stat -f -c %%T /run/credentials/%s.service && ls /run/credentials/%s.service",
+                          unit, unit).stdout.split()
+        assert loaded == ["ramfs", cred], (unit, loaded)
+        assert "PASS" not in node.run("cat /etc/matcraft/exporters/%s.env", unit).stdout, unit
+        found = _in_container(name, ["grep", "-rlsF", "-D", "skip", "-f", "-", "/etc", "/var", "/opt"],
+                              SECRETS[secret] + "\n")
+        assert found.returncode == 1 and not found.stdout.strip(), "%s: %s in clear text in %s" % (
+            name, secret, found.stdout.split())
     sidecar = peer(WORKERS[0])
     pid = sidecar.run("systemctl show -p MainPID --value matcraft-worker-health").stdout.strip()
     environ = sidecar.run("tr '\\0' '\\n' < /proc/%s/environ", pid).stdout
@@ -620,7 +656,7 @@ def test_monitoring_is_served_over_tls(host):
         assert answer.stdout == expected, (login[:1], answer.stdout, answer.stderr)
     # amtool as docs/monitoring.md shows it: the login from Prometheus's password file.
     host.run("install -m 0600 /dev/null /root/amtool-http.yml && printf %s > /root/amtool-http.yml",
-             "basic_auth:\n  username: matcraft\n  password_file: /etc/prometheus/self-scrape.password\n"
+             "basic_auth:\n  username: matcraft\n  password_file: /run/credentials/prometheus.service/prometheus-web-password\n"
              "tls_config:\n  ca_file: /etc/matcraft/pki/ca.crt\n")
     amtool = host.run("amtool --alertmanager.url=https://%s:9093 --http.config.file=/root/amtool-http.yml "
                       "-o json alert query", address_of(host))

@@ -1,12 +1,12 @@
 #!/usr/bin/python3
-"""The MatCraft application's secrets as systemd credentials (roles/app).
+"""Secrets as systemd credentials (roles/common, entry point credential).
 
 The secrets rest on disk only encrypted (systemd-creds, with the host key, and
 a TPM2 where there is one): /etc/matcraft/credentials/<name>.cred. A unit loads
 them with LoadCredentialEncrypted=, and systemd decrypts them into a memory
 file system ($CREDENTIALS_DIRECTORY) that only the unit's user may read.
 
-  put NAME FILE       (root, the app role) encrypt the secret read on stdin to
+  put NAME FILE       (root, the roles) encrypt the secret read on stdin to
                       FILE, unless FILE already holds it; prints a JSON line
                       {"changed": bool, "sha256": <of FILE>}
   refresh --to DIR --owner USER --from DIR NAME...
