@@ -427,22 +427,26 @@ def test_rate_limit_json_429_and_trusted_loopback(host, client, root, edge_ip):
         "https://%s/v1/slow; sleep 0.4; done", root, DOMAIN, edge_ip, DOMAIN)
     assert slow.stdout.split() == ["200"] * 6, slow.stdout
     wait_for_bucket()
-    # A burst above rate + burst: the excess gets 429 with a JSON body (the
-    # last response's body is kept).
+    # A burst above rate + burst, sent at once (multiplexed on one HTTP/2
+    # connection), so that the bucket cannot refill while it is sent, however
+    # slow the machine: the excess gets 429 with a JSON body. Each answer's
+    # body goes to a file of its own, named in its status line.
     url = "https://%s/v1/burst" % DOMAIN
-    targets = " ".join(["-o /dev/null " + url] * 29 + ["-o /tmp/edge-test-429.json " + url])
+    targets = " ".join("-o /tmp/edge-burst/%d %s" % (i, url) for i in range(30))
     burst = client.run(
-        "curl -sS --max-time 30 --cacert %s --resolve %s:443:%s "
-        "-w '%%{http_code}|%%header{content-type}|%%header{retry-after}|%%header{strict-transport-security}\\n' "
-        + targets + " && cat /tmp/edge-test-429.json", root, DOMAIN, edge_ip)
+        "rm -rf /tmp/edge-burst && mkdir /tmp/edge-burst && "
+        "curl -sS --parallel --parallel-max 30 --http2 --max-time 30 --cacert %s --resolve %s:443:%s "
+        "-w '%%{http_code}|%%header{content-type}|%%header{retry-after}|%%header{strict-transport-security}"
+        "|%%{filename_effective}\\n' " + targets, root, DOMAIN, edge_ip)
     assert burst.rc == 0, burst.stderr
-    lines = burst.stdout.splitlines()
-    results = [line.split("|") for line in lines[:30]]
+    results = [line.split("|") for line in burst.stdout.splitlines()]
     statuses = [int(r[0]) for r in results]
+    assert len(statuses) == 30, burst.stdout
     assert statuses.count(200) >= 10 and statuses.count(429) >= 15, statuses
-    assert set(statuses) <= {200, 429} and statuses[-1] == 429, statuses
-    assert results[-1][1:] == ["application/json", "1", "max-age=63072000"], results[-1]
-    assert json.loads(lines[30]) == {"detail": "Too Many Requests"}
+    assert set(statuses) <= {200, 429}, statuses
+    refused = [r for r in results if r[0] == "429"]
+    assert all(r[1:4] == ["application/json", "1", "max-age=63072000"] for r in refused), refused
+    assert json.loads(client.check_output("cat %s", refused[0][4])) == {"detail": "Too Many Requests"}
     # The loopback is in nginx_rate_limit_trusted_cidrs: the same burst passes.
     assert codes(host, "127.0.0.1", "/v1/burst", 30) == [200] * 30
     wait_for_bucket()
