@@ -9,10 +9,13 @@ BIN := $(VENV)/bin
 COLLECTION_LINK := .cache/collections/ansible_collections/matcraft/deploy
 # The Molecule scenarios `make test` runs, longest first; SCENARIO_JOBS of
 # them run side by side (each has its own containers and network).
-SCENARIOS ?= site medium backup_repos edge postgresql redis common preflight pki
-# Scenarios left out of `make test` (none today); `make scenarios-all` runs
-# them too, `make molecule SCENARIO=name` one of them.
-SCENARIOS_EXTRA ?=
+SCENARIOS ?= site backup_repos edge postgresql redis common preflight pki
+# Scenarios left out of `make test`; `make scenarios-all` runs them too,
+# `make molecule SCENARIO=name` one of them. `medium` (eight hosts, three
+# upgrades and five app runs under request streams) alone takes 98 minutes
+# of a 2-core machine as slow as CI's last one (41 with a fast one): with it,
+# `make test` cannot end within CI's 90 minutes there (docs/testing.md).
+SCENARIOS_EXTRA ?= medium
 SCENARIO_JOBS ?= 2
 SCENARIO ?=
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/.cache/collections
@@ -71,7 +74,7 @@ molecule: venv testbed ## Run one scenario: make molecule SCENARIO=name
 .PHONY: scenarios
 scenarios: venv testbed ## Run the Molecule scenarios of make test (SCENARIO_JOBS at a time)
 	@if [ -n "$(strip $(SCENARIOS_EXTRA))" ]; then echo "not run by make test (see SCENARIOS_EXTRA in the Makefile for why each): $(SCENARIOS_EXTRA); make scenarios-all runs them"; fi
-	tests/testbed/scenarios.sh -j $(SCENARIO_JOBS) --summary $(SCENARIOS)
+	MATCRAFT_SCENARIOS_NOT_RUN="$(SCENARIOS_EXTRA)" tests/testbed/scenarios.sh -j $(SCENARIO_JOBS) --summary $(SCENARIOS)
 
 .PHONY: scenarios-all
 scenarios-all: venv testbed ## Run every Molecule scenario, SCENARIOS_EXTRA included

@@ -10,7 +10,8 @@
 # its log. Scenarios are started in the order given (put the longest first
 # to finish sooner). With --summary, the last lines count every test of
 # these scenarios (and the unit tests' when MATCRAFT_SUMMARY_UNIT=1, as in
-# `make test`): each failure and skip named, then "N passed, N failed, N
+# `make test`): each failure and skip named, each scenario of
+# MATCRAFT_SCENARIOS_NOT_RUN named NOT RUN, then "N passed, N failed, N
 # skipped" (tests/testbed/summary.py). Before it, a table of where each
 # scenario's wall and CPU time went (tests/testbed/timings.py). Exit status:
 # 0 when every scenario passed.
@@ -81,6 +82,8 @@ if [ "$summary" = 1 ]; then
   unit=()
   [ "${MATCRAFT_SUMMARY_UNIT:-0}" != 1 ] || unit=(--unit "$root/.cache/results/unit.xml")
   echo "=== summary of the tests${unit:+ (unit tests and scenarios)}"
-  python3 "$root/tests/testbed/summary.py" "${unit[@]}" "${results[@]}" || failed=$((failed + 1))
+  not_run=()
+  for name in ${MATCRAFT_SCENARIOS_NOT_RUN:-}; do not_run+=(--not-run "$name"); done
+  python3 "$root/tests/testbed/summary.py" "${unit[@]}" "${not_run[@]}" "${results[@]}" || failed=$((failed + 1))
 fi
 [ "$failed" -eq 0 ]

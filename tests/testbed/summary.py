@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """One summary of a test run: every scenario's tests and the unit tests.
 
-    tests/testbed/summary.py [--unit FILE.xml] SCENARIO=RC...
+    tests/testbed/summary.py [--unit FILE.xml] [--not-run NAME]... SCENARIO=RC...
 
 Reads the JUnit XML that pytest wrote for the unit tests (`make unit`) and for
 each scenario's testinfra run (.cache/results/scenario-<name>.xml, see
 .config/molecule/config.yml). A scenario that failed before its tests ran
 (create, converge, idempotence) has no results: it counts as one failure of
 its own. Prints each failure and each skip with its reason, then one last
-line: "N passed, N failed, N skipped". Exit status 1 when anything failed.
+line: "N passed, N failed, N skipped" (and ", N scenarios NOT RUN" when
+--not-run names scenarios this run left out: `make test` leaves out those of
+SCENARIOS_EXTRA, each named on a line of its own). Exit status 1 when
+anything failed.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ def read(path, label):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--unit", help="JUnit XML of the unit tests")
+    parser.add_argument("--not-run", action="append", default=[], metavar="NAME",
+                        help="a scenario this run left out (named, never counted as passed)")
     parser.add_argument("scenarios", nargs="*", help="NAME=RC of each scenario run")
     args = parser.parse_args(argv)
     passed, failed, skipped = 0, [], []
@@ -66,7 +71,12 @@ def main(argv=None):
         print("failed: %s" % name)
     for name, reason in skipped:
         print("skipped: %s: %s" % (name, reason))
-    print("%d passed, %d failed, %d skipped" % (passed, len(failed), len(skipped)))
+    for name in args.not_run:
+        print("NOT RUN: scenario %s: left out of this run (SCENARIOS_EXTRA in the Makefile says why;"
+              " make scenarios-all runs it)" % name)
+    not_run = ", %d scenario%s NOT RUN" % (len(args.not_run), "" if len(args.not_run) == 1 else "s") \
+        if args.not_run else ""
+    print("%d passed, %d failed, %d skipped%s" % (passed, len(failed), len(skipped), not_run))
     return 1 if failed else 0
 
 

@@ -34,3 +34,12 @@ def test_all_passed(tmp_path, monkeypatch, capsys):
     (tmp_path / "scenario-pki.xml").write_text('<testsuite><testcase classname="p" name="t"/></testsuite>')
     assert SUMMARY.main(["pki=0"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "1 passed, 0 failed, 0 skipped"
+
+
+def test_a_scenario_left_out_is_named_not_run_and_never_counted_as_passed(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(SUMMARY, "RESULTS", str(tmp_path))
+    (tmp_path / "scenario-pki.xml").write_text('<testsuite><testcase classname="p" name="t"/></testsuite>')
+    assert SUMMARY.main(["--not-run", "medium", "pki=0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "1 passed, 0 failed, 0 skipped, 1 scenario NOT RUN"
+    assert lines[-2].startswith("NOT RUN: scenario medium: left out of this run")
