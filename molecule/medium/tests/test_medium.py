@@ -130,6 +130,12 @@ def upgrade(version, *extra, expect_success=True):
     cmd = ["ansible-playbook", "-i", inventory, "matcraft.deploy.upgrade", "-e", "app_version=%s" % version] + list(extra)
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=2400)
     output = run.stdout + run.stderr
+    # Kept for reading afterwards (where the run's time went: profile_tasks), as
+    # pytest shows a passing test's output nowhere.
+    results = os.path.join(PROJECT_DIR, ".cache", "results")
+    os.makedirs(results, exist_ok=True)
+    with open(os.path.join(results, "medium-upgrade-%s-%d.log" % (version, time.time())), "w") as handle:
+        handle.write(output)
     if expect_success:
         assert run.returncode == 0, "upgrade to %s failed:\n%s" % (version, output[-15000:])
     else:
