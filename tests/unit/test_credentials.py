@@ -78,14 +78,34 @@ def test_refresh_decrypts_for_the_owner_only(helper, tmp_path):
         helper.put(name, str(source / (name + ".cred")), value, "auto")
     target = tmp_path / "run" / "credentials"
     target.parent.mkdir()
-    target.mkdir()  # a copy of an earlier reload is replaced
+    target.mkdir()  # an earlier release's copy, a plain directory
     (target / "stale").write_text("old")
     helper.refresh(str(target), getpass.getuser(), str(source), ["secret-key", "pgpass"])
+    assert target.is_symlink()
     assert sorted(p.name for p in target.iterdir()) == ["pgpass", "secret-key"]
     assert (target / "pgpass").read_bytes() == b"*:*:db:u:pw\n"
     assert stat.S_IMODE(os.stat(target / "pgpass").st_mode) == 0o400
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o500
-    assert not (tmp_path / "run" / "credentials.new").exists()
+
+
+def test_the_workers_of_the_reload_before_keep_their_password_file(helper, tmp_path, monkeypatch):
+    # libpq reads PGPASSFILE at every new connection: a worker still stopping after a
+    # reload must find its own login's password there, not the rotated one.
+    source, target = tmp_path / "credentials", tmp_path / "run" / "credentials"
+    source.mkdir()
+    target.parent.mkdir()
+    monkeypatch.setenv(helper.REFRESHED, str(target))
+    seen = []
+    for login in ("first", "second", "third"):
+        helper.put("pgpass", str(source / "pgpass.cred"), ("*:*:db:%s:pw\n" % login).encode(), "auto")
+        helper.refresh(str(target), getpass.getuser(), str(source), ["pgpass"])
+        seen.append(helper.environment(helper.directory())["PGPASSFILE"])
+    first, second, third = (open(path).read() if os.path.exists(path) else None for path in seen)
+    assert third == "*:*:db:third:pw\n" and (target / "pgpass").read_text() == third
+    assert second == "*:*:db:second:pw\n", "the reload before lost its password file"
+    assert first is None, "a directory older than the reload before was kept"
+    assert sorted(p.name for p in target.parent.iterdir() if not p.is_symlink()) == \
+        sorted(os.path.basename(os.path.dirname(path)) for path in seen[1:])
 
 
 def test_environment_takes_what_the_unit_was_given(helper, tmp_path, monkeypatch):
@@ -109,6 +129,11 @@ def test_the_copy_of_the_last_reload_wins_once_it_exists(helper, tmp_path, monke
     monkeypatch.setenv(helper.REFRESHED, str(refreshed))
     assert helper.directory() == str(loaded)  # no reload yet: the runtime directory is empty
     refreshed.mkdir()
+    assert helper.directory() == str(refreshed)
+    # A link (refresh): the directory it points to now.
+    link = tmp_path / "link"
+    link.symlink_to(refreshed.name)
+    monkeypatch.setenv(helper.REFRESHED, str(link))
     assert helper.directory() == str(refreshed)
 
 

@@ -11,9 +11,11 @@ file system ($CREDENTIALS_DIRECTORY) that only the unit's user may read.
                       {"changed": bool, "sha256": <of FILE>}
   refresh --to DIR --owner USER --from DIR NAME...
                       (root, the API's ExecReload=+) decrypt the credentials
-                      again into DIR (a runtime directory, in memory): systemd
-                      does not reload credentials, a graceful reload must
-                      still see a rotated password
+                      again into a new directory next to DIR (a runtime
+                      directory, in memory) and point DIR, a symbolic link,
+                      at it: systemd does not reload credentials, a graceful
+                      reload must still see a rotated password, and the
+                      workers still stopping keep the directory they read
   exec [--env VARIABLE=CREDENTIAL]... -- COMMAND...
                       (the service's user, in its sandbox) put the secrets into
                       the environment the application reads (SECRET_KEY,
@@ -84,11 +86,15 @@ def put(name: str, path: str, secret: bytes, key: str) -> dict:
 
 
 def refresh(target: str, owner: str, source: str, names: list[str]) -> None:
-    """Decrypt *names* from *source* into *target*, readable by *owner* only."""
+    """Decrypt *names* from *source* into a new directory readable by *owner*
+    only, and point *target*, a symbolic link, at it. libpq reads the password
+    file (PGPASSFILE) at every new connection, and the workers of the reload
+    before may still be answering requests with the login they started with:
+    their directory stays until the next refresh (the API's reload returns
+    only once they have exited). Older directories are removed."""
     account = pwd.getpwnam(owner)
-    fresh = target + ".new"
-    shutil.rmtree(fresh, ignore_errors=True)
-    os.mkdir(fresh, 0o700)
+    parent, base = os.path.split(os.path.abspath(target))
+    fresh = tempfile.mkdtemp(prefix=base + ".", dir=parent)
     for name in names:
         path = os.path.join(fresh, name)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
@@ -97,15 +103,28 @@ def refresh(target: str, owner: str, source: str, names: list[str]) -> None:
         os.chown(path, account.pw_uid, account.pw_gid)
     os.chmod(fresh, 0o500)
     os.chown(fresh, account.pw_uid, account.pw_gid)
-    shutil.rmtree(target, ignore_errors=True)
-    os.rename(fresh, target)
+    previous = os.path.realpath(target) if os.path.islink(target) else None
+    if os.path.isdir(target) and not os.path.islink(target):
+        # An earlier release's copy, a plain directory: kept as the one before.
+        previous = tempfile.mkdtemp(prefix=base + ".", dir=parent)
+        os.rmdir(previous)
+        os.rename(target, previous)
+    link = fresh + ".link"
+    os.symlink(os.path.basename(fresh), link)
+    os.replace(link, target)
+    for entry in os.listdir(parent):
+        path = os.path.join(parent, entry)
+        if entry.startswith(base + ".") and path not in (fresh, previous) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def directory() -> str:
     """Where the secrets are: the API's last reload, else the unit's credentials."""
     refreshed = os.environ.get(REFRESHED, "")
     if refreshed and os.path.isdir(refreshed):
-        return refreshed
+        # The directory itself, not the link: the workers started now keep
+        # reading their password file there after the next reload moves it.
+        return os.path.realpath(refreshed)
     loaded = os.environ.get("CREDENTIALS_DIRECTORY", "")
     if not loaded:
         raise RuntimeError("no $CREDENTIALS_DIRECTORY: the unit has no LoadCredentialEncrypted= for the secrets")
