@@ -12,6 +12,10 @@ from psycopg_pool import ConnectionPool
 
 #: Seconds libpq waits for a connection (libpq's minimum is 2).
 CONNECT_TIMEOUT = 2
+#: Seconds the health check's fresh connection may take (TCP, TLS, SCRAM and
+#: the server's new backend): as long as a request waits for a pooled one, so
+#: that a host busy for a moment is not reported down.
+HEALTH_CONNECT_TIMEOUT = 5
 #: Milliseconds a health-check query may run.
 HEALTH_STATEMENT_TIMEOUT_MS = 2000
 #: Seconds a request waits for a pooled connection before failing.
@@ -38,7 +42,7 @@ def check(url: str) -> None:
     """
     with psycopg.connect(
         url,
-        connect_timeout=CONNECT_TIMEOUT,
+        connect_timeout=HEALTH_CONNECT_TIMEOUT,
         application_name="materia-health",
         autocommit=True,
         options=f"-c statement_timeout={HEALTH_STATEMENT_TIMEOUT_MS}",
