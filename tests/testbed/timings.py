@@ -60,7 +60,10 @@ def container_cpu(out, names):
         inspect = subprocess.run(["docker", "inspect", "--format", "{{json .}}", name], capture_output=True, text=True)
         if inspect.returncode != 0:
             continue  # not created (the destroy before create)
-        ident = json.loads(inspect.stdout)["Id"]
+        container = json.loads(inspect.stdout)
+        if not container.get("State", {}).get("Running"):
+            continue  # a stopped container left by an earlier run: its cgroup is gone
+        ident = container["Id"]
         v1 = "/sys/fs/cgroup/cpuacct/docker/%s/cpuacct.usage" % ident
         v2 = "/sys/fs/cgroup/system.slice/docker-%s.scope/cpu.stat" % ident
         if os.path.exists(v1):

@@ -47,8 +47,10 @@ def request(address, server_name, context, path):
     try:
         connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
-        response.read()
-        return response.status, None, response.getheader("Location")
+        text = response.read()
+        # A failure keeps the start of its body (the API's 503 names its cause).
+        error = None if response.status < 400 else text[:300].decode("utf-8", "replace")
+        return response.status, error, response.getheader("Location")
     except (OSError, http.client.HTTPException) as exc:
         return None, "%s: %s" % (type(exc).__name__, exc), None
     finally:
