@@ -112,9 +112,10 @@ def refresh(target: str, owner: str, source: str, names: list[str]) -> None:
     link = fresh + ".link"
     os.symlink(os.path.basename(fresh), link)
     os.replace(link, target)
+    keep = {os.path.realpath(path) for path in (fresh, previous) if path}
     for entry in os.listdir(parent):
         path = os.path.join(parent, entry)
-        if entry.startswith(base + ".") and path not in (fresh, previous) and not os.path.islink(path):
+        if entry.startswith(base + ".") and os.path.realpath(path) not in keep and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
 
 
